@@ -1,0 +1,53 @@
+"""Shared fixtures: the real SmolLM2 tokenizer and a tiny random Llama built from it in the test session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the Hub
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+
+@pytest.fixture(scope="session")
+def embedded_model_path() -> Path:
+    """The embedded SmolLM2-135M-Instruct converted to safetensors (once per machine; about 40 s the first time)."""
+    from rlhf_recipes.models import DEFAULT_MODEL, resolve_model_path
+
+    return Path(resolve_model_path(DEFAULT_MODEL))
+
+
+@pytest.fixture(scope="session")
+def tokenizer_path(embedded_model_path) -> Path:
+    """A folder holding only the real SmolLM2 tokenizer files."""
+    return embedded_model_path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory, embedded_model_path) -> Path:
+    """A 2-layer randomly initialised Llama with SmolLM2's tokenizer and config quirks: trains in seconds."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = AutoConfig.from_pretrained(embedded_model_path)
+    config.update(
+        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             head_dim=8, max_position_embeddings=1024)
+    )
+    model = AutoModelForCausalLM.from_config(config)
+    folder = tmp_path_factory.mktemp("tiny-smollm2")
+    model.config.name_or_path = "tiny-smollm2"
+    model.generation_config.pad_token_id = config.pad_token_id
+    model.generation_config.eos_token_id = config.eos_token_id
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (embedded_model_path / name).is_file():
+            shutil.copy(embedded_model_path / name, folder / name)
+    return folder
