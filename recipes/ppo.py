@@ -1,0 +1,56 @@
+"""RLHF with PPO: the SFT policy answers prompts, the reward model scores them, PPO updates the policy.
+
+    python recipes/ppo.py --config configs/smollm2-135m/ppo.yaml [--total_episodes 16]
+
+`model_name_or_path` is the SFT output (policy, and reference with the LoRA adapter disabled); `reward_model_path`
+is the reward stage's output (reward model, and the value model's initialisation). KL coefficient, response length,
+batch sizes and PPO epochs all live in the YAML.
+"""
+
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from trl import ModelConfig, ScriptArguments, get_peft_config
+
+from rlhf_recipes import cli, training
+from rlhf_recipes.models import CAUSAL_LM, REWARD_MODEL, load_tokenizer
+from rlhf_recipes.ppo import PPOConfig, PPOTrainer, final_metrics, tokenize_prompts
+
+
+def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: ModelConfig) -> dict:
+    # Models: policy (+ adapter-disabled reference) from SFT; reward and value models from the reward stage
+    policy_path = training.prepare_model(model_args.model_name_or_path, CAUSAL_LM)
+    reward_path = training.prepare_model(training_args.reward_model_path, REWARD_MODEL, key="reward_model_path")
+    tokenizer = load_tokenizer(policy_path, padding_side="left")
+    init_kwargs = training.model_init_kwargs(model_args)
+    policy = AutoModelForCausalLM.from_pretrained(policy_path, **init_kwargs)
+    peft_config = get_peft_config(model_args)
+    ref_policy = None if peft_config else AutoModelForCausalLM.from_pretrained(policy_path, **init_kwargs)
+    reward_model = AutoModelForSequenceClassification.from_pretrained(reward_path, num_labels=1, **init_kwargs)
+    value_kwargs = {k: v for k, v in init_kwargs.items() if k not in ("quantization_config", "device_map")}
+    value_model = AutoModelForSequenceClassification.from_pretrained(reward_path, num_labels=1, **value_kwargs)
+
+    # Data: {"prompt": [messages]} rows, tokenized up to the assistant's turn
+    training_args.eval_strategy = "no"
+    train_dataset, _ = training.load_splits(script_args, training_args, columns=("prompt",))
+    train_dataset = tokenize_prompts(train_dataset, tokenizer, training_args.dataset_num_proc)
+    eval_dataset = train_dataset.select(range(min(len(train_dataset), training_args.per_device_eval_batch_size)))
+
+    # Trainer
+    trainer = PPOTrainer(
+        args=training_args,
+        processing_class=tokenizer,
+        model=policy,
+        ref_model=ref_policy,
+        reward_model=reward_model,
+        value_model=value_model,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        peft_config=peft_config,
+    )
+    return training.train_and_save(
+        trainer, stage="ppo", model_kind=CAUSAL_LM, model_args=model_args, script_args=script_args,
+        training_args=training_args, metrics_fn=final_metrics,
+    )
+
+
+if __name__ == "__main__":
+    cli.run(lambda: main(*cli.parse_config((ScriptArguments, PPOConfig, ModelConfig))))
