@@ -24,14 +24,22 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
     train_dataset, eval_dataset = training.load_splits(script_args, training_args, columns=columns)
 
     # Trainer
-    trainer = SFTTrainer(
-        model=model_path,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
-    )
+    try:
+        trainer = SFTTrainer(
+            model=model_path,
+            args=training_args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+            peft_config=get_peft_config(model_args),
+        )
+    except RuntimeError as error:  # TRL's check that every rendered sample has assistant tokens to learn from
+        if "no assistant tokens" not in str(error):
+            raise
+        raise cli.UserError(
+            f"a conversation in {script_args.dataset_name} renders with an empty assistant mask (no assistant turn, or "
+            "a chat template without {% generation %} markers); fix the data with recipes/prepare_data.py."
+        ) from None
     return training.train_and_save(
         trainer, stage=stage, model_kind=CAUSAL_LM, model_args=model_args, script_args=script_args,
         training_args=training_args,

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import sys
 import shutil
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "data" / "demo"
+CONFIGS = REPO / "configs" / "smollm2-135m"
+sys.path.append(str(REPO / "recipes"))  # appended, not prepended: a recipe name never shadows a library
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the Hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -31,15 +35,18 @@ def tokenizer_path(embedded_model_path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory, embedded_model_path) -> Path:
-    """A 2-layer randomly initialised Llama with SmolLM2's tokenizer and config quirks: trains in seconds."""
+    """A 2-layer randomly initialised Llama with SmolLM2's tokenizer: trains in seconds.
+
+    Hidden size 64 is the smallest that bitsandbytes' CPU 4-bit kernels take (one 64-value quantization block).
+    """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
     config = AutoConfig.from_pretrained(embedded_model_path)
     config.update(
-        dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-             head_dim=8, max_position_embeddings=1024)
+        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             head_dim=16, max_position_embeddings=1024)
     )
     model = AutoModelForCausalLM.from_config(config)
     folder = tmp_path_factory.mktemp("tiny-smollm2")

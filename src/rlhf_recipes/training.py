@@ -32,6 +32,11 @@ def model_init_kwargs(model_args) -> dict:
     if model_args.attn_implementation:
         kwargs["attn_implementation"] = model_args.attn_implementation
     quantization_config = get_quantization_config(model_args)
+    if model_args.load_in_4bit and model_args.dtype != "bfloat16":
+        raise UserError(
+            f"load_in_4bit: true needs dtype: bfloat16 (got {model_args.dtype}): TRL keeps QLoRA adapters and new heads "
+            "in bfloat16; add `--dtype bfloat16` or set it in the YAML."
+        )
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
         # bitsandbytes quantizes on the device the weights land on: each process's own GPU, else the CPU.

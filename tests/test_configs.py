@@ -1,0 +1,96 @@
+"""Every YAML under configs/ parses strictly with the pinned TRL, and a misspelt key fails with one clear sentence."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import CONFIGS, REPO
+
+from rlhf_recipes.cli import UserError, parse_config
+
+ALL_YAML = sorted(p for p in (REPO / "configs").rglob("*.yaml"))
+
+
+def parser_for(path):
+    """The dataclasses a config is parsed with, chosen by its file name; an unknown kind of config fails the test."""
+    from trl import ModelConfig, RewardConfig, ScriptArguments, SFTConfig
+
+    from rlhf_recipes.ppo import PPOConfig
+
+    stage = path.stem.split("-")[-1]
+    classes = {"cpt": SFTConfig, "sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig}
+    if stage in classes:
+        return lambda: parse_config((ScriptArguments, classes[stage], ModelConfig), ["--config", str(path)])
+    if path.parent.name == "accelerate":
+        from accelerate.commands.config.config_args import load_config_from_file
+
+        return lambda: load_config_from_file(str(path))
+    if stage == "data":
+        from rlhf_recipes.preparation import load_config
+
+        return lambda: load_config(path)
+    if stage == "pipeline":
+        from rlhf_recipes.pipeline import load_pipeline_config
+
+        return lambda: load_pipeline_config(path)
+    pytest.fail(f"{path.relative_to(REPO)} is a config this test does not know how to parse; teach parser_for.")
+
+
+def test_configs_are_found():
+    assert len(ALL_YAML) >= 4
+
+
+@pytest.mark.parametrize("path", ALL_YAML, ids=lambda p: str(p.relative_to(REPO / "configs")))
+def test_every_config_parses_strictly(path):
+    parsed = parser_for(path)()
+    assert parsed is not None
+
+
+def test_config_keys_reach_the_dataclasses():
+    from trl import ModelConfig, ScriptArguments, SFTConfig
+
+    script_args, training_args, model_args = parse_config(
+        (ScriptArguments, SFTConfig, ModelConfig), ["--config", str(CONFIGS / "sft.yaml"), "--learning_rate", "0.01"]
+    )
+    assert training_args.assistant_only_loss is True and model_args.lora_r == 16
+    assert training_args.learning_rate == 0.01  # the command line overrides the YAML
+    assert script_args.dataset_name == "data/demo/sft"
+
+
+def test_misspelt_yaml_key_names_the_key_and_the_file(tmp_path):
+    from trl import ModelConfig, ScriptArguments, SFTConfig
+
+    config = tmp_path / "sft.yaml"
+    config.write_text((CONFIGS / "sft.yaml").read_text() + "learning_rat: 1.0e-4\n")
+    with pytest.raises(UserError) as error:
+        parse_config((ScriptArguments, SFTConfig, ModelConfig), ["--config", str(config)])
+    assert str(error.value) == f"unknown key 'learning_rat' in {config}; did you mean 'learning_rate'?"
+
+
+def test_recipe_cli_exits_2_with_one_line_and_no_traceback(tmp_path):
+    config = tmp_path / "reward.yaml"
+    config.write_text((CONFIGS / "reward.yaml").read_text() + "lora_alpah: 8\n")
+    result = subprocess.run(
+        [sys.executable, "recipes/reward.py", "--config", str(config)], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: unknown key 'lora_alpah' in {config}; did you mean 'lora_alpha'?"
+    )
+
+
+def test_misspelt_command_line_flag(tmp_path):
+    from trl import ModelConfig, ScriptArguments, SFTConfig
+
+    with pytest.raises(UserError, match="unknown key 'max_stpes' on the command line; did you mean 'max_steps'"):
+        parse_config((ScriptArguments, SFTConfig, ModelConfig), ["--config", str(CONFIGS / "sft.yaml"), "--max_stpes", "5"])
+
+
+def test_missing_config_file_is_one_sentence(tmp_path):
+    from trl import ModelConfig, ScriptArguments, SFTConfig
+
+    with pytest.raises(UserError, match="does not exist"):
+        parse_config((ScriptArguments, SFTConfig, ModelConfig), ["--config", str(tmp_path / "nope.yaml")])
