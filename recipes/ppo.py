@@ -47,8 +47,13 @@ def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: Mod
         peft_config=peft_config,
     )
     return training.train_and_save(
-        trainer, stage="ppo", model_kind=CAUSAL_LM, model_args=model_args, script_args=script_args,
-        training_args=training_args, metrics_fn=final_metrics,
+        trainer,
+        stage="ppo",
+        model_kind=CAUSAL_LM,
+        model_args=model_args,
+        script_args=script_args,
+        training_args=training_args,
+        metrics_fn=final_metrics,
     )
 
 

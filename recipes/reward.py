@@ -36,7 +36,11 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
         quantization_config=get_quantization_config(model_args),
     )
     return training.train_and_save(
-        trainer, stage="reward", model_kind=REWARD_MODEL, model_args=model_args, script_args=script_args,
+        trainer,
+        stage="reward",
+        model_kind=REWARD_MODEL,
+        model_args=model_args,
+        script_args=script_args,
         training_args=training_args,
     )
 

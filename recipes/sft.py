@@ -41,7 +41,11 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
             "a chat template without {% generation %} markers); fix the data with recipes/prepare_data.py."
         ) from None
     return training.train_and_save(
-        trainer, stage=stage, model_kind=CAUSAL_LM, model_args=model_args, script_args=script_args,
+        trainer,
+        stage=stage,
+        model_kind=CAUSAL_LM,
+        model_args=model_args,
+        script_args=script_args,
         training_args=training_args,
     )
 

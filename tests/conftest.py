@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import sys
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,8 +45,15 @@ def tiny_model_path(tmp_path_factory, embedded_model_path) -> Path:
     torch.manual_seed(0)
     config = AutoConfig.from_pretrained(embedded_model_path)
     config.update(
-        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-             head_dim=16, max_position_embeddings=1024)
+        dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=1024,
+        )
     )
     model = AutoModelForCausalLM.from_config(config)
     folder = tmp_path_factory.mktemp("tiny-smollm2")

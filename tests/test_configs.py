@@ -86,7 +86,9 @@ def test_misspelt_command_line_flag(tmp_path):
     from trl import ModelConfig, ScriptArguments, SFTConfig
 
     with pytest.raises(UserError, match="unknown key 'max_stpes' on the command line; did you mean 'max_steps'"):
-        parse_config((ScriptArguments, SFTConfig, ModelConfig), ["--config", str(CONFIGS / "sft.yaml"), "--max_stpes", "5"])
+        parse_config(
+            (ScriptArguments, SFTConfig, ModelConfig), ["--config", str(CONFIGS / "sft.yaml"), "--max_stpes", "5"]
+        )
 
 
 def test_missing_config_file_is_one_sentence(tmp_path):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import CONFIGS, DEMO
+from conftest import CONFIGS
 from safetensors.torch import load_file
 
 from rlhf_recipes.cli import UserError, parse_config
@@ -25,8 +25,16 @@ def run_stage(stage: str, tiny_model_path, output_dir, *overrides: str):
     config_class = {"cpt": SFTConfig, "sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig}[stage]
     args = ["--config", str(CONFIGS / f"{stage}.yaml"), "--output_dir", str(output_dir), "--logging_steps", "1"]
     if stage != "ppo":
-        args += ["--model_name_or_path", str(tiny_model_path), "--max_steps", "2", "--per_device_train_batch_size", "2",
-                 "--save_steps", "1"]
+        args += [
+            "--model_name_or_path",
+            str(tiny_model_path),
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "2",
+            "--save_steps",
+            "1",
+        ]
     parsed = parse_config((ScriptArguments, config_class, ModelConfig), args + list(overrides))
     return recipe.main(*parsed, **({"stage": "cpt"} if stage == "cpt" else {}))
 
@@ -105,7 +113,17 @@ def test_sft_full_fine_tune_changes_weights(tmp_path, tiny_model_path):
 
 @pytest.mark.parametrize("stage", ["cpt", "reward"])
 def test_qlora_4bit_trains(stage, tmp_path, tiny_model_path):
-    run_stage(stage, tiny_model_path, tmp_path, "--load_in_4bit", "true", "--dtype", "bfloat16", "--bnb_4bit_quant_type", "nf4")
+    run_stage(
+        stage,
+        tiny_model_path,
+        tmp_path,
+        "--load_in_4bit",
+        "true",
+        "--dtype",
+        "bfloat16",
+        "--bnb_4bit_quant_type",
+        "nf4",
+    )
     assert min(lora_b_norms(tmp_path)) > 0
     assert read_lineage(tmp_path)["adapter"]["method"] == "qlora"
 
@@ -132,11 +150,27 @@ def test_reward_model_scores_and_chains_from_sft(reward_output, sft_output):
 
 def test_ppo_trains_policy_adapter_against_reward_model(tmp_path, sft_output, reward_output):
     metrics = run_stage(
-        "ppo", None, tmp_path,
-        "--model_name_or_path", str(sft_output[0]), "--reward_model_path", str(reward_output[0]),
-        "--total_episodes", "8", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
-        "--local_rollout_forward_batch_size", "4", "--response_length", "8", "--num_ppo_epochs", "1",
-        "--learning_rate", "1e-3",
+        "ppo",
+        None,
+        tmp_path,
+        "--model_name_or_path",
+        str(sft_output[0]),
+        "--reward_model_path",
+        str(reward_output[0]),
+        "--total_episodes",
+        "8",
+        "--per_device_train_batch_size",
+        "2",
+        "--gradient_accumulation_steps",
+        "2",
+        "--local_rollout_forward_batch_size",
+        "4",
+        "--response_length",
+        "8",
+        "--num_ppo_epochs",
+        "1",
+        "--learning_rate",
+        "1e-3",
     )
     assert min(lora_b_norms(tmp_path)) > 0
     assert {"objective/kl", "objective/scores"} <= set(metrics)
@@ -162,8 +196,15 @@ def test_stage_refuses_a_model_of_the_wrong_kind(tmp_path, reward_output, sft_ou
     with pytest.raises(UserError, match="is a reward model, but this stage needs a causal language model"):
         run_stage("sft", reward_output[0], tmp_path / "sft", "--model_name_or_path", str(reward_output[0]))
     with pytest.raises(UserError, match="reward_model_path=.* is a causal lm, but this stage needs a reward model"):
-        run_stage("ppo", None, tmp_path / "ppo", "--model_name_or_path", str(sft_output[0]),
-                  "--reward_model_path", str(sft_output[0]))
+        run_stage(
+            "ppo",
+            None,
+            tmp_path / "ppo",
+            "--model_name_or_path",
+            str(sft_output[0]),
+            "--reward_model_path",
+            str(sft_output[0]),
+        )
 
 
 def test_sft_rejects_a_conversation_without_assistant_turn(tmp_path, tiny_model_path):

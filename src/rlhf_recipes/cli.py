@@ -45,18 +45,28 @@ def parse_config(dataclass_types: Iterable[type], args: list[str] | None = None)
 
     parser = TrlParser(list(dataclass_types))
     args = list(sys.argv[1:] if args is None else args)
-    config_path = args[args.index("--config") + 1] if "--config" in args and args.index("--config") + 1 < len(args) else None
+    config_path = (
+        args[args.index("--config") + 1] if "--config" in args and args.index("--config") + 1 < len(args) else None
+    )
     try:
         return parser.parse_args_and_config(args)
     except yaml.YAMLError as error:
-        raise UserError(f"{config_path} is not valid YAML ({' '.join(str(error).split())}); fix the file and rerun.") from None
+        raise UserError(
+            f"{config_path} is not valid YAML ({' '.join(str(error).split())}); fix the file and rerun."
+        ) from None
     except FileNotFoundError as error:
-        raise UserError(f"config file {error.filename} does not exist; pass an existing YAML file to --config.") from None
+        raise UserError(
+            f"config file {error.filename} does not exist; pass an existing YAML file to --config."
+        ) from None
     except ValueError as error:
         message = str(error)
         unknown = re.findall(r"'--([A-Za-z0-9_.-]+)'", message)
         if unknown:
             key = unknown[0]
-            where = f"in {config_path}" if message.startswith("Unknown arguments from config file") else "on the command line"
+            where = (
+                f"in {config_path}"
+                if message.startswith("Unknown arguments from config file")
+                else "on the command line"
+            )
             raise UserError(f"unknown key '{key}' {where}{_suggest(key, _known_keys(parser))}") from None
         raise UserError(f"invalid configuration{' in ' + config_path if config_path else ''}: {message}") from None

@@ -47,7 +47,14 @@ def config_dict(*configs) -> dict:
 
 
 def build_lineage(
-    *, stage: str, model_kind: str, model_name_or_path: str, model_args, data: dict, config: dict, metrics: dict,
+    *,
+    stage: str,
+    model_kind: str,
+    model_name_or_path: str,
+    model_args,
+    data: dict,
+    config: dict,
+    metrics: dict,
     output_dir: str,
 ) -> dict:
     parent = read_lineage(model_name_or_path) if Path(model_name_or_path).is_dir() else None

@@ -124,7 +124,11 @@ def fix_special_tokens(tokenizer, model=None) -> None:
 
 _PROBES = (
     [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "?"}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Yo"},
+    ],
 )
 
 
@@ -221,7 +225,9 @@ def resolve_model_path(model_name_or_path: str) -> str:
         return str(ensure_embedded_model(model_name_or_path.removeprefix(EMBEDDED_PREFIX)))
     folder = Path(model_name_or_path)
     if folder.exists() and not folder.is_dir():
-        raise UserError(f"model path {model_name_or_path} is a file; pass a model folder, a Hub id or {DEFAULT_MODEL}.")
+        raise UserError(
+            f"model path {model_name_or_path} is a file; pass a model folder, a Hub id or {DEFAULT_MODEL}."
+        )
     if not (folder / "adapter_config.json").is_file():
         if folder.is_dir() and not (folder / "config.json").is_file():
             raise UserError(
@@ -244,9 +250,11 @@ def merged_adapter_path(folder: Path) -> Path:
     """Merge a LoRA adapter folder into its (recursively resolved) base once, in float32, and cache the result."""
     adapter_config = json.loads((folder / "adapter_config.json").read_text())
     base = resolve_model_path(adapter_base(folder))
-    key = _hash_files(folder, ("adapter_config.json", "adapter_model.safetensors")) + "-" + hashlib.sha256(
-        str(Path(base).resolve() if Path(base).exists() else base).encode()
-    ).hexdigest()[:8]
+    key = (
+        _hash_files(folder, ("adapter_config.json", "adapter_model.safetensors"))
+        + "-"
+        + hashlib.sha256(str(Path(base).resolve() if Path(base).exists() else base).encode()).hexdigest()[:8]
+    )
 
     def build(target: Path) -> None:
         import torch
@@ -258,7 +266,9 @@ def merged_adapter_path(folder: Path) -> Path:
         model_class = AutoModelForSequenceClassification if is_reward else AutoModelForCausalLM
         extra = {"num_labels": 1} if is_reward else {}
         model = model_class.from_pretrained(base, dtype=torch.float32, **extra)
-        tokenizer = load_tokenizer(str(folder)) if (folder / "tokenizer_config.json").is_file() else load_tokenizer(base)
+        tokenizer = (
+            load_tokenizer(str(folder)) if (folder / "tokenizer_config.json").is_file() else load_tokenizer(base)
+        )
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
         merged = PeftModel.from_pretrained(model, folder).merge_and_unload()

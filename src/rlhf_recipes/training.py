@@ -50,7 +50,9 @@ def load_splits(script_args, training_args, columns: tuple[str, ...]):
 
     name = script_args.dataset_name
     if not name:
-        raise UserError("`dataset_name` is not set; point it at a data folder (e.g. data/demo/sft) or a Hub dataset id.")
+        raise UserError(
+            "`dataset_name` is not set; point it at a data folder (e.g. data/demo/sft) or a Hub dataset id."
+        )
     try:
         dataset = load_dataset(name, name=script_args.dataset_config, streaming=script_args.dataset_streaming)
     except (FileNotFoundError, ValueError, ConnectionError) as error:
@@ -116,7 +118,12 @@ def train_and_save(
     if logged_tokens and metrics.get("train_runtime"):
         metrics["num_tokens"] = logged_tokens[-1]
         metrics["train_tokens_per_second"] = logged_tokens[-1] / metrics["train_runtime"]
+    push_to_hub, trainer.args.push_to_hub = (
+        trainer.args.push_to_hub,
+        False,
+    )  # no Trainer push: ours below, with our card
     trainer.save_model(output_dir)
+    trainer.args.push_to_hub = push_to_hub
     if trainer.accelerator.is_main_process:
         trainer.state.save_to_json(str(Path(output_dir) / "trainer_state.json"))  # loss curves for the report
         lineage = build_lineage(
@@ -130,5 +137,10 @@ def train_and_save(
             output_dir=output_dir,
         )
         write_lineage(output_dir, lineage)
-        logger.info("%s finished: %s", stage, {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+        logger.info(
+            "%s finished: %s", stage, {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+        )
+        from .hub import publish_stage_output  # README.md = the card of recipes/publish.py; one push if push_to_hub
+
+        publish_stage_output(trainer, training_args)
     return metrics
