@@ -7,7 +7,7 @@ is the reward stage's output (reward model, and the value model's initialisation
 batch sizes and PPO epochs all live in the YAML.
 """
 
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
 from trl import ModelConfig, ScriptArguments, get_peft_config
 
 from rlhf_recipes import cli, training
@@ -16,6 +16,8 @@ from rlhf_recipes.ppo import PPOConfig, PPOTrainer, final_metrics, tokenize_prom
 
 
 def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: ModelConfig) -> dict:
+    set_seed(training_args.seed)  # LoRA's A matrices and a new score head start random
+
     # Models: policy (+ adapter-disabled reference) from SFT; reward and value models from the reward stage
     policy_path = training.prepare_model(model_args.model_name_or_path, CAUSAL_LM)
     reward_path = training.prepare_model(training_args.reward_model_path, REWARD_MODEL, key="reward_model_path")

@@ -6,6 +6,7 @@ With `use_peft` the LoRA adapter is a `SEQ_CLS` one (`lora_task_type: SEQ_CLS`),
 `score` head. RewardTrainer logs pairwise accuracy (`eval_accuracy`) on the test split.
 """
 
+from transformers import set_seed
 from trl import ModelConfig, RewardConfig, RewardTrainer, ScriptArguments, get_peft_config, get_quantization_config
 
 from rlhf_recipes import cli, training
@@ -13,6 +14,8 @@ from rlhf_recipes.models import CAUSAL_LM, REWARD_MODEL, load_tokenizer
 
 
 def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: ModelConfig) -> dict:
+    set_seed(training_args.seed)  # LoRA's A matrices and a new score head start random
+
     # Model: a causal LM (usually the SFT stage's output) that gets a one-output score head
     model_path = training.prepare_model(model_args.model_name_or_path, CAUSAL_LM)
     if model_args.use_peft and model_args.lora_task_type != "SEQ_CLS":

@@ -7,6 +7,7 @@ renders byte-identically and marks assistant turns (end-of-turn token included);
 mask is empty.
 """
 
+from transformers import set_seed
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, get_peft_config
 
 from rlhf_recipes import cli, training
@@ -14,6 +15,8 @@ from rlhf_recipes.models import CAUSAL_LM, load_tokenizer
 
 
 def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig, stage: str = "sft") -> dict:
+    set_seed(training_args.seed)  # LoRA's A matrices and a new score head start random
+
     # Model: a Hub id, a folder, the embedded default, or an earlier stage's output (its adapter merged in once)
     model_path = training.prepare_model(model_args.model_name_or_path, CAUSAL_LM)
     tokenizer = load_tokenizer(model_path)

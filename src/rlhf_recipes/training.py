@@ -75,10 +75,13 @@ def load_splits(script_args, training_args, columns: tuple[str, ...]):
 
 
 def last_checkpoint(output_dir: str) -> str | None:
-    """The newest `checkpoint-*` folder in `output_dir`, to resume a run that was interrupted."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete `checkpoint-*` in `output_dir`, to resume an interrupted run.
 
-    return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    Trainer writes `trainer_state.json` last, so a checkpoint without it was cut off while saving (a SIGKILL, a full
+    disk) and is passed over; transformers' `get_last_checkpoint` would pick it by its number alone.
+    """
+    complete = [p for p in Path(output_dir).glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return str(max(complete, key=lambda p: int(p.name.rsplit("-", 1)[-1]))) if complete else None
 
 
 def _data_summary(script_args, trainer) -> dict:
