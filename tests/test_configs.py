@@ -27,10 +27,14 @@ def parser_for(path):
         from accelerate.commands.config.config_args import load_config_from_file
 
         return lambda: load_config_from_file(str(path))
-    if stage == "data":
+    if stage == "data" or path.parent.name == "data-examples":
         from rlhf_recipes.preparation import load_config
 
-        return lambda: load_config(path)
+        return lambda: load_config(str(path))
+    if stage == "evaluate":
+        from rlhf_recipes.evaluation import EvaluationArguments
+
+        return lambda: parse_config((EvaluationArguments,), ["--config", str(path)])
     if stage == "pipeline":
         from rlhf_recipes.pipeline import load_pipeline_config
 

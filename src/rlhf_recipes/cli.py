@@ -29,7 +29,7 @@ def _known_keys(parser) -> list[str]:
     return sorted({action.dest for action in parser._actions if action.dest != "help"})
 
 
-def _suggest(key: str, known: list[str]) -> str:
+def suggest(key: str, known: list[str]) -> str:
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
     return f"; did you mean '{close[0]}'?" if close else "; remove it or check the spelling against `--help`."
 
@@ -68,5 +68,5 @@ def parse_config(dataclass_types: Iterable[type], args: list[str] | None = None)
                 if message.startswith("Unknown arguments from config file")
                 else "on the command line"
             )
-            raise UserError(f"unknown key '{key}' {where}{_suggest(key, _known_keys(parser))}") from None
+            raise UserError(f"unknown key '{key}' {where}{suggest(key, _known_keys(parser))}") from None
         raise UserError(f"invalid configuration{' in ' + config_path if config_path else ''}: {message}") from None

@@ -36,6 +36,7 @@ class EvaluationArguments:
     preference_dataset: str = field(default="data/demo/preferences", metadata={"help": "Held-out preference pairs."})
     prompt_dataset: str = field(default="data/demo/prompts", metadata={"help": "Held-out PPO prompts."})
     eval_split: str = field(default="test", metadata={"help": "The split of every dataset above to evaluate on."})
+    max_rows: int | None = field(default=None, metadata={"help": "Evaluate only the first N rows of each set."})
     output_dir: str = field(default="outputs/smollm2-135m/eval", metadata={"help": "Where eval.json, report.md go."})
     max_new_tokens: int = field(default=48, metadata={"help": "Tokens generated per answer."})
     batch_size: int = field(default=16, metadata={"help": "Sequences per forward pass or generate call."})
@@ -57,7 +58,7 @@ def load_metric(name: str):
     return evaluate.load(str(METRICS / name))
 
 
-def _split(name: str, split: str, columns: tuple[str, ...]):
+def _split(name: str, split: str, columns: tuple[str, ...], max_rows: int | None = None):
     from datasets import load_dataset
 
     try:
@@ -179,10 +180,10 @@ def run_evaluation(args: EvaluationArguments) -> dict:
 
     torch.manual_seed(args.seed)
     stages = {s: getattr(args, f"{s}_model") for s in CAUSAL_STAGES if getattr(args, f"{s}_model")}
-    texts = _split(args.text_dataset, args.eval_split, ("text",))["text"]
-    qa = _split(args.qa_dataset, args.eval_split, ("question", "answer"))
+    texts = _split(args.text_dataset, args.eval_split, ("text",), args.max_rows)["text"]
+    qa = _split(args.qa_dataset, args.eval_split, ("question", "answer"), args.max_rows)
     references = [[row["answer"], *(row.get("aliases") or [])] for row in qa]
-    prompts = _split(args.prompt_dataset, args.eval_split, ("prompt",))["prompt"] if "ppo" in stages else []
+    prompts = _split(args.prompt_dataset, args.eval_split, ("prompt",), args.max_rows)["prompt"] if "ppo" in stages else []
     perplexity, accuracy = load_metric("token_perplexity"), load_metric("domain_accuracy")
     results, answers, sampled, kept = [], {}, {}, {}
 
@@ -210,7 +211,7 @@ def run_evaluation(args: EvaluationArguments) -> dict:
 
     if args.reward_model:
         scorer = RewardScorer(args.reward_model)
-        pairs = _split(args.preference_dataset, args.eval_split, ("prompt", "chosen", "rejected"))
+        pairs = _split(args.preference_dataset, args.eval_split, ("prompt", "chosen", "rejected"), args.max_rows)
 
         def conversations(column):
             return [

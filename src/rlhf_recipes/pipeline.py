@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from .cli import UserError, _suggest
+from .cli import UserError, suggest
 
 MANIFEST = "pipeline_manifest.json"
 
@@ -49,7 +49,7 @@ def _strict(cls, raw: dict, where: str):
     known = [f.name for f in fields(cls)]
     for key in raw:
         if key not in known:
-            raise UserError(f"unknown key '{key}' in {where}{_suggest(key, known)}")
+            raise UserError(f"unknown key '{key}' in {where}{suggest(key, known)}")
     return raw
 
 
