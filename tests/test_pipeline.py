@@ -20,9 +20,26 @@ from rlhf_recipes.pipeline import load_pipeline_config, run_pipeline
 
 # Small overrides of the real pipeline.yaml: 2 steps per stage, short answers, a few eval rows.
 TINY_OVERRIDES = [
-    "--set", "cpt.max_steps=2", "--set", "sft.max_steps=2", "--set", "reward.max_steps=2",
-    "--set", "ppo.total_episodes=4", "--set", "ppo.response_length=6", "--set", "ppo.per_device_train_batch_size=2",
-    "--set", "ppo.num_ppo_epochs=1", "--set", "evaluate.max_new_tokens=4", "--set", "evaluate.num_side_by_side=2",
+    "--set",
+    "cpt.max_steps=2",
+    "--set",
+    "sft.max_steps=2",
+    "--set",
+    "reward.max_steps=2",
+    "--set",
+    "ppo.total_episodes=4",
+    "--set",
+    "ppo.response_length=6",
+    "--set",
+    "ppo.per_device_train_batch_size=2",
+    "--set",
+    "ppo.num_ppo_epochs=1",
+    "--set",
+    "evaluate.max_new_tokens=4",
+    "--set",
+    "evaluate.num_side_by_side=2",
+    "--set",
+    "evaluate.max_rows=8",
 ]
 
 
@@ -35,8 +52,15 @@ def test_tiny_pipeline_runs_every_stage_end_to_end(tmp_path, tiny_model_path, mo
     assert [r["status"] for r in rows] == ["ran"] * 6
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     measured = {(r["stage"], r["metric"]) for r in report["results"]}
-    assert {("base", "perplexity"), ("cpt", "perplexity"), ("sft", "accuracy"), ("ppo", "kl_to_sft"),
-            ("reward", "accuracy"), ("ppo", "mean_reward"), ("sft", "mean_reward")} <= measured
+    assert {
+        ("base", "perplexity"),
+        ("cpt", "perplexity"),
+        ("sft", "accuracy"),
+        ("ppo", "kl_to_sft"),
+        ("reward", "accuracy"),
+        ("ppo", "mean_reward"),
+        ("sft", "mean_reward"),
+    } <= measured
     assert (tmp_path / "eval" / "report.md").read_text().startswith("# Evaluation")
     chain = json.loads((tmp_path / "ppo" / "lineage.json").read_text())["chain"]
     assert [step["stage"] for step in chain] == ["cpt", "sft", "ppo"]
@@ -76,7 +100,7 @@ def fake_pipeline(tmp_path):
         log = tmp_path / "out" / "runs.log"
         before = log.read_text().split() if log.exists() else []
         run_pipeline(loaded)
-        return log.read_text().split()[len(before):]
+        return log.read_text().split()[len(before) :]
 
     return run, tmp_path / "out"
 
@@ -120,10 +144,28 @@ def test_pipeline_config_is_strict(tmp_path):
 
 def _sft_command(tiny_model_path, output_dir, max_steps):
     return [
-        sys.executable, "recipes/sft.py", "--config", str(CONFIGS / "sft.yaml"), "--model_name_or_path",
-        str(tiny_model_path), "--output_dir", str(output_dir), "--max_steps", str(max_steps), "--save_steps", "2",
-        "--save_total_limit", "10", "--per_device_train_batch_size", "2", "--eval_strategy", "no",
-        "--logging_steps", "1", "--learning_rate", "1e-3",
+        sys.executable,
+        "recipes/sft.py",
+        "--config",
+        str(CONFIGS / "sft.yaml"),
+        "--model_name_or_path",
+        str(tiny_model_path),
+        "--output_dir",
+        str(output_dir),
+        "--max_steps",
+        str(max_steps),
+        "--save_steps",
+        "2",
+        "--save_total_limit",
+        "10",
+        "--per_device_train_batch_size",
+        "2",
+        "--eval_strategy",
+        "no",
+        "--logging_steps",
+        "1",
+        "--learning_rate",
+        "1e-3",
     ]
 
 
@@ -132,22 +174,34 @@ def test_sigkill_mid_stage_then_rerun_resumes_to_the_same_adapter(tmp_path, tiny
     ends with the adapter of an uninterrupted run (tolerance 1e-5: same data order, RNG and optimizer state)."""
     steps = 12
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    subprocess.run(_sft_command(tiny_model_path, tmp_path / "straight", steps), cwd=REPO, env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        _sft_command(tiny_model_path, tmp_path / "straight", steps), cwd=REPO, env=env, check=True, capture_output=True
+    )
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_sft_command(tiny_model_path, killed, steps), cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        _sft_command(tiny_model_path, killed, steps),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
-    while not (killed / "checkpoint-2" / "trainer_state.json").exists() and proc.poll() is None and time.time() < deadline:
+    while (
+        not (killed / "checkpoint-2" / "trainer_state.json").exists()
+        and proc.poll() is None
+        and time.time() < deadline
+    ):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "lineage.json").exists(), "the run must be killed before it finished"
     assert not (killed / f"checkpoint-{steps}").exists()
 
-    rerun = subprocess.run(_sft_command(tiny_model_path, killed, steps), cwd=REPO, env=env, capture_output=True,
-                           text=True, check=True)
+    rerun = subprocess.run(
+        _sft_command(tiny_model_path, killed, steps), cwd=REPO, env=env, capture_output=True, text=True, check=True
+    )
     assert "Resuming sft from" in rerun.stderr + rerun.stdout
     straight = load_file(str(tmp_path / "straight" / "adapter_model.safetensors"))
     resumed = load_file(str(killed / "adapter_model.safetensors"))

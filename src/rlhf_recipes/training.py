@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
+import time
 from pathlib import Path
 
 from .cli import UserError
@@ -111,8 +111,10 @@ def train_and_save(
     if checkpoint:
         logger.info("Resuming %s from %s", stage, checkpoint)
     resumable = "resume_from_checkpoint" in inspect.signature(trainer.train).parameters  # PPOTrainer's is not
+    started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint) if checkpoint and resumable else trainer.train()
     metrics = dict(getattr(result, "metrics", None) or {})
+    metrics.setdefault("train_runtime", round(time.perf_counter() - started, 3))  # PPOTrainer reports none
     if metrics_fn is not None:
         metrics.update(metrics_fn(trainer))
     elif trainer.eval_dataset is not None:
@@ -121,10 +123,7 @@ def train_and_save(
     if logged_tokens and metrics.get("train_runtime"):
         metrics["num_tokens"] = logged_tokens[-1]
         metrics["train_tokens_per_second"] = logged_tokens[-1] / metrics["train_runtime"]
-    push_to_hub, trainer.args.push_to_hub = (
-        trainer.args.push_to_hub,
-        False,
-    )  # no Trainer push: ours below, with our card
+    push_to_hub, trainer.args.push_to_hub = trainer.args.push_to_hub, False  # Trainer's push off: ours is below
     trainer.save_model(output_dir)
     trainer.args.push_to_hub = push_to_hub
     if trainer.accelerator.is_main_process:
