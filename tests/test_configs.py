@@ -35,6 +35,10 @@ def parser_for(path):
         from rlhf_recipes.evaluation import EvaluationArguments
 
         return lambda: parse_config((EvaluationArguments,), ["--config", str(path)])
+    if stage == "publish":
+        from rlhf_recipes.hub import load_publish_config
+
+        return lambda: load_publish_config(path)
     if stage == "pipeline":
         from rlhf_recipes.pipeline import load_pipeline_config
 

@@ -46,6 +46,13 @@ def config_dict(*configs) -> dict:
     return {k: _jsonable(v) for k, v in sorted(merged.items()) if "token" not in k.lower()}
 
 
+def command_line() -> str:
+    """The command that reproduces this run, with any token value hidden."""
+    from .cards import redact
+
+    return redact(" ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]))
+
+
 def build_lineage(
     *,
     stage: str,
@@ -78,7 +85,7 @@ def build_lineage(
         "data": data,
         "config": config,
         "metrics": _jsonable(metrics),
-        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "command": command_line(),
         "versions": {lib: importlib.metadata.version(lib) for lib in LIBRARIES},
     }
 

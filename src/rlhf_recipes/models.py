@@ -53,6 +53,7 @@ def _atomic_build(target: Path, build) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         build(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it owner-only; a cache is as readable as any other checkpoint folder
         os.replace(tmp, target)  # atomic on one file system; a concurrent builder that won the race is fine too
     except OSError:
         if not target.is_dir():
