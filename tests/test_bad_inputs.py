@@ -3,7 +3,6 @@ line naming the file, line and field (or config key), no traceback, and no outpu
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -312,16 +311,11 @@ CATALOGUE = [
 ]
 
 
-def load_recipe():
-    spec = importlib.util.spec_from_file_location("prepare_data", REPO / "recipes" / "prepare_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def recipe():
-    return load_recipe()
+    import prepare_data  # recipes/ is on sys.path (tests/conftest.py)
+
+    return prepare_data
 
 
 def materialise(case: Case, root: Path, tokenizer_path: Path) -> list[str]:

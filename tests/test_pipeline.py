@@ -19,28 +19,13 @@ from rlhf_recipes.cli import UserError
 from rlhf_recipes.pipeline import load_pipeline_config, run_pipeline
 
 # Small overrides of the real pipeline.yaml: 2 steps per stage, short answers, a few eval rows.
-TINY_OVERRIDES = [
-    "--set",
-    "cpt.max_steps=2",
-    "--set",
-    "sft.max_steps=2",
-    "--set",
-    "reward.max_steps=2",
-    "--set",
-    "ppo.total_episodes=4",
-    "--set",
-    "ppo.response_length=6",
-    "--set",
-    "ppo.per_device_train_batch_size=2",
-    "--set",
-    "ppo.num_ppo_epochs=1",
-    "--set",
-    "evaluate.max_new_tokens=4",
-    "--set",
-    "evaluate.num_side_by_side=2",
-    "--set",
-    "evaluate.max_rows=8",
-]
+TINY_SETTINGS = (
+    "cpt.max_steps=2", "sft.max_steps=2", "reward.max_steps=2",
+    "ppo.total_episodes=4", "ppo.response_length=6", "ppo.per_device_train_batch_size=2", "ppo.num_ppo_epochs=1",
+    "evaluate.max_new_tokens=4", "evaluate.num_side_by_side=2", "evaluate.max_rows=8",
+    "card.parity_samples=2", "card.parity_max_new_tokens=4",
+)  # fmt: skip
+TINY_OVERRIDES = [arg for setting in TINY_SETTINGS for arg in ("--set", setting)]
 
 
 def test_tiny_pipeline_runs_every_stage_end_to_end(tmp_path, tiny_model_path, monkeypatch):
@@ -49,7 +34,7 @@ def test_tiny_pipeline_runs_every_stage_end_to_end(tmp_path, tiny_model_path, mo
     monkeypatch.chdir(REPO)
     argv = ["--config", str(CONFIGS / "pipeline.yaml"), "--model", str(tiny_model_path), "--output_dir", str(tmp_path)]
     rows = pipeline_recipe.main(argv + TINY_OVERRIDES)
-    assert [r["status"] for r in rows] == ["ran"] * 6
+    assert [r["status"] for r in rows] == ["ran"] * 7
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     measured = {(r["stage"], r["metric"]) for r in report["results"]}
     assert {
@@ -67,7 +52,9 @@ def test_tiny_pipeline_runs_every_stage_end_to_end(tmp_path, tiny_model_path, mo
     assert (tmp_path / "logs" / "sft.log").stat().st_size > 0
 
     rerun = pipeline_recipe.main(argv + TINY_OVERRIDES)  # nothing changed: every stage is skipped
-    assert [r["status"] for r in rerun] == ["skipped"] * 6
+    assert [r["status"] for r in rerun] == ["skipped"] * 7
+    card = (tmp_path / "publish" / "README.md").read_text()
+    assert "model-index" in card and "sft" in card
 
 
 FAKE_RECIPE = """

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -19,16 +18,11 @@ SAMPLES = REPO / "tests" / "data" / "formats"
 DEMO = REPO / "data" / "demo"
 
 
-def load_recipe():
-    spec = importlib.util.spec_from_file_location("prepare_data", REPO / "recipes" / "prepare_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def recipe():
-    return load_recipe()
+    import prepare_data  # recipes/ is on sys.path (tests/conftest.py)
+
+    return prepare_data
 
 
 def rows(path: Path) -> list[dict]:

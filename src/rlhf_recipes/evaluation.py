@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cli import UserError
-from .models import DEFAULT_MODEL, load_tokenizer, resolve_model_path
+from .models import DEFAULT_MODEL, load_tokenizer, read_lineage, resolve_model_path
 
 logger = logging.getLogger(__name__)
 METRICS = Path(__file__).parent / "metrics"
@@ -44,6 +44,9 @@ class EvaluationArguments:
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature for the reward and KL answers."})
     num_side_by_side: int = field(default=5, metadata={"help": "Questions shown with every stage's answer."})
     seed: int = 0
+    bf16: bool = field(
+        default=True, metadata={"help": "On CPU, run forward passes under bf16 autocast (as training)."}
+    )
     target_perplexity_ratio: float = field(default=0.8, metadata={"help": "CPT perplexity must be <= this x base."})
     target_sft_accuracy_gain: float = field(default=0.20, metadata={"help": "SFT accuracy must be >= base + this."})
     target_reward_accuracy: float = field(default=0.80, metadata={"help": "Reward model pairwise accuracy target."})
@@ -176,6 +179,16 @@ def _result(stage, task, dataset, metric, value) -> dict:
 
 def run_evaluation(args: EvaluationArguments) -> dict:
     import torch
+
+    on_cpu = not torch.cuda.is_available()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16 and on_cpu):
+        report = _evaluate(args)
+    write_report(report, args)
+    return report
+
+
+def _evaluate(args: EvaluationArguments) -> dict:
+    import torch
     from tqdm.auto import tqdm
 
     torch.manual_seed(args.seed)
@@ -183,7 +196,9 @@ def run_evaluation(args: EvaluationArguments) -> dict:
     texts = _split(args.text_dataset, args.eval_split, ("text",), args.max_rows)["text"]
     qa = _split(args.qa_dataset, args.eval_split, ("question", "answer"), args.max_rows)
     references = [[row["answer"], *(row.get("aliases") or [])] for row in qa]
-    prompts = _split(args.prompt_dataset, args.eval_split, ("prompt",), args.max_rows)["prompt"] if "ppo" in stages else []
+    prompts = (
+        _split(args.prompt_dataset, args.eval_split, ("prompt",), args.max_rows)["prompt"] if "ppo" in stages else []
+    )
     perplexity, accuracy = load_metric("token_perplexity"), load_metric("domain_accuracy")
     results, answers, sampled, kept = [], {}, {}, {}
 
@@ -247,7 +262,6 @@ def run_evaluation(args: EvaluationArguments) -> dict:
         "targets": check_targets(results, args),
         "side_by_side": side_by_side,
     }
-    write_report(report, args)
     return report
 
 
@@ -323,54 +337,18 @@ def summary_table(report: dict) -> str:
 
 
 def plot_training(stage_dirs: dict[str, str], output_dir: Path) -> list[str]:
-    """Loss curves of every stage that has a trainer_state.json, and PPO's reward and KL over episodes."""
-    import matplotlib
+    """One panel per trained stage: loss and eval loss, and for PPO its reward and KL (the model card's plot)."""
+    from .cards import TRAINING_CURVES, plot_training_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    histories = {}
-    for stage, folder in stage_dirs.items():
-        state = Path(folder) / "trainer_state.json" if folder else None
-        if state and state.is_file():
-            histories[stage] = json.loads(state.read_text())["log_history"]
-    written = []
-    losses = {s: h for s, h in histories.items() if any("loss" in e for e in h)}
-    if losses:
-        fig, axes = plt.subplots(1, len(losses), figsize=(4 * len(losses), 3.2), squeeze=False)
-        for ax, (stage, history) in zip(axes[0], losses.items()):
-            for key, style in (("loss", "-"), ("eval_loss", "o--")):
-                points = [(e["step"], e[key]) for e in history if key in e]
-                if points:
-                    ax.plot(*zip(*points), style, label=key)
-            ax.set(title=stage, xlabel="step", ylabel="loss")
-            ax.legend()
-        fig.tight_layout()
-        fig.savefig(output_dir / "loss_curves.png", dpi=110)
-        written.append("loss_curves.png")
-        plt.close(fig)
-    ppo = [e for e in histories.get("ppo", []) if "objective/scores" in e]
-    if ppo:
-        fig, ax = plt.subplots(figsize=(6, 3.2))
-        episodes = [e["episode"] for e in ppo]
-        ax.plot(episodes, [e["objective/scores"] for e in ppo], label="reward (score)")
-        ax.set(xlabel="episode", ylabel="reward", title="PPO")
-        twin = ax.twinx()
-        twin.plot(episodes, [e["objective/kl"] for e in ppo], "r--", label="KL to reference")
-        twin.set_ylabel("KL")
-        fig.legend(loc="upper left")
-        fig.tight_layout()
-        fig.savefig(output_dir / "ppo_reward_kl.png", dpi=110)
-        written.append("ppo_reward_kl.png")
-        plt.close(fig)
-    return written
+    lineages = [lineage for folder in stage_dirs.values() if folder and (lineage := read_lineage(folder))]
+    return [TRAINING_CURVES] if plot_training_curves(lineages, output_dir / TRAINING_CURVES) else []
 
 
 def write_report(report: dict, args: EvaluationArguments) -> None:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    stage_dirs = {s: getattr(args, f"{s}_model") for s in ("cpt", "sft", "ppo")} | {"reward": args.reward_model}
-    report["plots"] = plot_training({s: d for s, d in stage_dirs.items() if d}, output_dir)
+    stage_dirs = {s: getattr(args, f"{s}_model") for s in ("cpt", "sft", "reward", "ppo")}
+    report["plots"] = plot_training(stage_dirs, output_dir)
     lines = ["# Evaluation", "", summary_table(report), "", "## Side by side", ""]
     for row in report["side_by_side"]:
         lines.append(f"**Q:** {row['question']}  \n*reference:* {row['reference']}")

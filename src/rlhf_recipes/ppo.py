@@ -6,11 +6,23 @@ copy in memory); reward model: the reward stage's output; value model: initialis
 
 from __future__ import annotations
 
-from trl.experimental.ppo import PPOConfig, PPOTrainer
+import torch
+from trl.experimental.ppo import PPOConfig
+from trl.experimental.ppo import PPOTrainer as _TRLPPOTrainer
 
 from .cli import UserError
 
 __all__ = ["PPOConfig", "PPOTrainer", "tokenize_prompts", "final_metrics"]
+
+
+class PPOTrainer(_TRLPPOTrainer):
+    """TRL's PPOTrainer, whose whole loop (generation, reward, reference and value passes, updates) runs under bf16
+    autocast on CPU when `bf16: true`: its own Accelerator never enables mixed precision. Weights stay float32."""
+
+    def train(self):
+        enabled = bool(self.args.bf16) and self.accelerator.device.type == "cpu"
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            return super().train()
 
 
 def tokenize_prompts(dataset, tokenizer, num_proc: int | None = None):

@@ -117,8 +117,12 @@ def train_and_save(
     metrics.setdefault("train_runtime", round(time.perf_counter() - started, 3))  # PPOTrainer reports none
     if metrics_fn is not None:
         metrics.update(metrics_fn(trainer))
-    elif trainer.eval_dataset is not None:
-        metrics.update(trainer.evaluate())
+    elif trainer.eval_dataset is not None:  # reuse an evaluation already logged at the last step (eval_strategy)
+        step = trainer.state.global_step
+        logged = [e for e in trainer.state.log_history if e.get("step") == step and "eval_loss" in e]
+        metrics.update(
+            {k: v for k, v in logged[-1].items() if k.startswith("eval_")} if logged else trainer.evaluate()
+        )
     logged_tokens = [entry["num_tokens"] for entry in trainer.state.log_history if "num_tokens" in entry]
     if logged_tokens and metrics.get("train_runtime"):
         metrics["num_tokens"] = logged_tokens[-1]
