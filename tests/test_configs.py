@@ -104,3 +104,12 @@ def test_missing_config_file_is_one_sentence(tmp_path):
 
     with pytest.raises(UserError, match="does not exist"):
         parse_config((ScriptArguments, SFTConfig, ModelConfig), ["--config", str(tmp_path / "nope.yaml")])
+
+
+def test_a_hub_token_in_the_config_is_refused(tmp_path):
+    from trl import ModelConfig, ScriptArguments, SFTConfig
+
+    with pytest.raises(UserError, match="hub_token is refused in configs and flags; set HF_TOKEN"):
+        parse_config(
+            (ScriptArguments, SFTConfig, ModelConfig), ["--config", str(CONFIGS / "sft.yaml"), "--hub_token", "hf_x"]
+        )

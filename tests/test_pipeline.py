@@ -101,6 +101,19 @@ def test_unchanged_stages_are_skipped_and_a_change_reruns_downstream(fake_pipeli
     assert (out / "b" / "done").read_text() == "2"
 
 
+def test_a_comment_in_a_stage_config_does_not_rerun_it(tmp_path):
+    from rlhf_recipes.pipeline import Stage, stage_hash
+
+    config = tmp_path / "sft.yaml"
+    config.write_text("learning_rate: 1.0e-4  # a comment\n")
+    stage = Stage(name="sft", recipe="recipes/sft.py", config=str(config))
+    before = stage_hash(stage, "")
+    config.write_text("learning_rate: 1.0e-4  # another comment\n\n")
+    assert stage_hash(stage, "") == before
+    config.write_text("learning_rate: 2.0e-4\n")
+    assert stage_hash(stage, "") != before
+
+
 def test_interrupted_stage_reruns_in_place_and_a_failure_is_one_sentence(fake_pipeline):
     run, out = fake_pipeline
     run()

@@ -49,7 +49,7 @@ def parse_config(dataclass_types: Iterable[type], args: list[str] | None = None)
         args[args.index("--config") + 1] if "--config" in args and args.index("--config") + 1 < len(args) else None
     )
     try:
-        return parser.parse_args_and_config(args)
+        parsed = parser.parse_args_and_config(args)
     except yaml.YAMLError as error:
         raise UserError(
             f"{config_path} is not valid YAML ({' '.join(str(error).split())}); fix the file and rerun."
@@ -70,3 +70,7 @@ def parse_config(dataclass_types: Iterable[type], args: list[str] | None = None)
             )
             raise UserError(f"unknown key '{key}' {where}{suggest(key, _known_keys(parser))}") from None
         raise UserError(f"invalid configuration{' in ' + config_path if config_path else ''}: {message}") from None
+    if any(getattr(config, "hub_token", None) for config in parsed):
+        # Trainer would pickle it into training_args.bin and every checkpoint; the environment keeps it out of files
+        raise UserError("hub_token is refused in configs and flags; set HF_TOKEN or run `hf auth login` instead.")
+    return parsed

@@ -91,8 +91,8 @@ def _hash_path(digest, path: Path) -> None:
 def stage_hash(stage: Stage, previous: str) -> str:
     digest = hashlib.sha256(previous.encode())
     digest.update(json.dumps([stage.recipe, stage.output, stage.args], sort_keys=True).encode())
-    if stage.config:
-        digest.update(Path(stage.config).read_bytes())
+    if stage.config:  # the parsed settings, so that editing a comment does not rerun a stage
+        digest.update(json.dumps(yaml.safe_load(Path(stage.config).read_text()), sort_keys=True, default=str).encode())
     for item in stage.inputs:
         if Path(item).exists():
             _hash_path(digest, Path(item))
