@@ -113,3 +113,15 @@ def test_a_hub_token_in_the_config_is_refused(tmp_path):
         parse_config(
             (ScriptArguments, SFTConfig, ModelConfig), ["--config", str(CONFIGS / "sft.yaml"), "--hub_token", "hf_x"]
         )
+
+
+def test_push_to_hub_without_a_way_to_push_fails_before_training(monkeypatch):
+    from trl import ModelConfig, ScriptArguments, SFTConfig
+
+    args = ["--config", str(CONFIGS / "sft.yaml"), "--push_to_hub", "true", "--hub_model_id", "me/model"]
+    with pytest.raises(UserError, match="cannot push while HF_HUB_OFFLINE is set"):  # the tests run offline
+        parse_config((ScriptArguments, SFTConfig, ModelConfig), args)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    with pytest.raises(UserError, match="push_to_hub: true needs a Hub token"):
+        parse_config((ScriptArguments, SFTConfig, ModelConfig), args)

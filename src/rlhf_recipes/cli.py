@@ -73,4 +73,14 @@ def parse_config(dataclass_types: Iterable[type], args: list[str] | None = None)
     if any(getattr(config, "hub_token", None) for config in parsed):
         # Trainer would pickle it into training_args.bin and every checkpoint; the environment keeps it out of files
         raise UserError("hub_token is refused in configs and flags; set HF_TOKEN or run `hf auth login` instead.")
+    if any(getattr(config, "push_to_hub", False) for config in parsed):
+        # Checked here, before hours of training: Trainer itself fails on a missing token with a traceback
+        from huggingface_hub import constants, get_token
+
+        if constants.HF_HUB_OFFLINE:
+            raise UserError(
+                "push_to_hub: true cannot push while HF_HUB_OFFLINE is set; unset it or set push_to_hub: false."
+            )
+        if not get_token():
+            raise UserError("push_to_hub: true needs a Hub token; set HF_TOKEN or run `hf auth login` first.")
     return parsed
