@@ -7,10 +7,11 @@ With `use_peft` the LoRA adapter is a `SEQ_CLS` one (`lora_task_type: SEQ_CLS`),
 """
 
 from transformers import set_seed
-from trl import ModelConfig, RewardConfig, RewardTrainer, ScriptArguments, get_peft_config, get_quantization_config
+from trl import ModelConfig, ScriptArguments, get_peft_config, get_quantization_config
 
 from rlhf_recipes import cli, training
 from rlhf_recipes.models import CAUSAL_LM, REWARD_MODEL, load_tokenizer
+from rlhf_recipes.reward import RewardConfig, RewardTrainer
 
 
 def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: ModelConfig) -> dict:

@@ -17,9 +17,10 @@ def run_stage(stage: str, tiny_model_path, output_dir, *overrides: str):
     """Run a recipe's main in-process: its YAML, the tiny model, the demo data, 2 steps, plus `overrides`."""
     import importlib
 
-    from trl import ModelConfig, RewardConfig, ScriptArguments, SFTConfig
+    from trl import ModelConfig, ScriptArguments, SFTConfig
 
     from rlhf_recipes.ppo import PPOConfig
+    from rlhf_recipes.reward import RewardConfig
 
     recipe = importlib.import_module("sft" if stage == "cpt" else stage)
     config_class = {"cpt": SFTConfig, "sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig}[stage]
