@@ -1,6 +1,6 @@
 """`make bench`: this project's SFT, reward-model and PPO training side by side with plain TRL on the same machine.
 
-    python bench/run.py [--runs 3] [--samples 64] [--tasks sft,reward,ppo] [--out bench/results]
+    python bench/run.py [--runs 3] [--samples 64] [--pairs 32] [--ppo_episodes 24] [--tasks sft,reward,ppo] [--out bench/results]
 
 Every figure is the median of `--runs` runs (each a fresh process, baseline and ours interleaved), with the spread
 (min-max). Same embedded model (SmolLM2-135M-Instruct), same data, same LoRA (r16, alpha 32, all linear layers),
@@ -31,6 +31,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "smollm2-135m"
@@ -77,7 +79,7 @@ def _conversation(tokenizer, stream, question: str, target: int, rng: random.Ran
     return messages
 
 
-def make_data(folder: Path, samples: int, seed: int = 0) -> dict:
+def make_data(folder: Path, samples: int, pairs_count: int, seed: int = 0) -> dict:
     """Write the SFT conversations and reward pairs of this benchmark; lengths log-uniform in [20, 500] tokens."""
     from rlhf_recipes.models import DEFAULT_MODEL, load_tokenizer, resolve_model_path
 
@@ -102,7 +104,7 @@ def make_data(folder: Path, samples: int, seed: int = 0) -> dict:
         sft_lengths.append(tokens)
         sft_loss_tokens.append(loss_tokens)
     pairs, pair_lengths = [], []
-    for _ in range(samples):
+    for _ in range(pairs_count):
         question = rng.choice(questions)
         chosen = _conversation(tokenizer, stream, question, length(), rng)
         rejected = _conversation(tokenizer, stream, question, length(), rng)
@@ -173,16 +175,30 @@ def run_worker(task: str, setup: str, argv: list[str], workdir: Path) -> dict:
     return json.loads(out.read_text())
 
 
-def sft_args(setup: str, data: Path, model: str, out: Path) -> list[str]:
+def sft_args(setup: str, data: Path, model: str, out: Path, lengths: list[int]) -> list[str]:
     common = ["--dataset_name", str(data / "sft"), "--num_train_epochs", "1", "--output_dir", str(out)]
     common += ["--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1", "--report_to", "none"]
     common += ["--use_cpu", "true"]  # what `trl sft` asks for on a machine without a GPU
     if setup == "trl":  # `trl sft --model_name_or_path M --dataset_name D --use_peft ...`: everything else default
         return ["--model_name_or_path", model, *common, *LORA, *TARGETS, "--save_strategy", "no"]
-    return ["--config", str(CONFIGS / "sft.yaml"), "--model_name_or_path", model, *common, *_no_eval_save()]
+    # the shipped config packs conversations into rows of up to max_length tokens: as many rows per step as hold
+    # the baseline's 8 conversations on average
+    rows = max(
+        1, round(8 * statistics.mean(lengths) / yaml.safe_load((CONFIGS / "sft.yaml").read_text())["max_length"])
+    )
+    return [
+        "--config",
+        str(CONFIGS / "sft.yaml"),
+        "--model_name_or_path",
+        model,
+        *common,
+        *_no_eval_save(),
+        "--per_device_train_batch_size",
+        str(rows),
+    ]
 
 
-def reward_args(setup: str, data: Path, model: str, out: Path) -> list[str]:
+def reward_args(setup: str, data: Path, model: str, out: Path, lengths: list[int]) -> list[str]:
     common = ["--dataset_name", str(data / "reward"), "--num_train_epochs", "1", "--output_dir", str(out)]
     common += ["--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1", "--report_to", "none"]
     common += ["--use_cpu", "true"]  # what `trl sft` asks for on a machine without a GPU
@@ -210,9 +226,11 @@ def fmt(stat: dict | None, digits: int = 1) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2])
     parser.add_argument("--runs", type=int, default=3, help="runs per setup; figures are medians (default 3)")
-    parser.add_argument("--samples", type=int, default=64, help="SFT conversations and reward pairs per run")
+    parser.add_argument("--samples", type=int, default=64, help="SFT conversations per run (8 per step)")
+    parser.add_argument("--pairs", type=int, default=32, help="reward-model pairs per run (8 per step)")
     parser.add_argument("--tasks", default="sft,reward,ppo", help="comma-separated subset of sft,reward,ppo")
     parser.add_argument("--out", default=str(REPO / "bench" / "results"), help="folder for bench.json, bench.md")
+    parser.add_argument("--ppo_episodes", type=int, default=24, help="PPO episodes per run (8 per update)")
     parser.add_argument("--setups", default="trl,ours", help="comma-separated subset of trl,ours")
     parser.add_argument(
         "--ours", nargs=argparse.REMAINDER, default=[], help="extra recipe arguments for our runs, to try a setting"
@@ -229,12 +247,13 @@ def main(argv: list[str] | None = None) -> dict:
     model = resolve_model_path(DEFAULT_MODEL)
     workdir = Path(tempfile.mkdtemp(prefix="rlhf-bench-"))
     data = workdir / "data"
-    made = make_data(data, args.samples)
+    made = make_data(data, args.samples, args.pairs)
     print(f"bench: data in {data}; logs and outputs in {workdir}", flush=True)
     rates = [matmul_rate()]
     results: dict = {"machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()}}
     results["data"] = {
-        "samples": args.samples,
+        "sft_conversations": args.samples,
+        "reward_pairs": args.pairs,
         "sft_tokens": sum(made["sft_lengths"]),
         "sft_length_min_median_max": [
             min(made["sft_lengths"]),
@@ -254,12 +273,14 @@ def main(argv: list[str] | None = None) -> dict:
             lm_head=task == "sft",
         )
         speeds: dict[str, list[float]] = {"trl": [], "ours": []}
+        steps: dict[str, int] = {}
         for run in range(args.runs):
             for setup in setups:
                 extra = args.ours if setup == "ours" else []
-                argv = builders[task](setup, data, model, workdir / f"{task}-{setup}") + extra
+                argv = builders[task](setup, data, model, workdir / f"{task}-{setup}", made[f"{task}_lengths"]) + extra
                 record = run_worker(task, setup, argv, workdir)
                 speeds[setup].append(real_tokens / record["train_seconds"])
+                steps[setup] = record["global_step"]
                 print(
                     f"bench: {task} {setup} run {run + 1}/{args.runs}: {speeds[setup][-1]:.1f} real tokens/s",
                     flush=True,
@@ -270,9 +291,11 @@ def main(argv: list[str] | None = None) -> dict:
             "flops_per_real_token": flops / real_tokens,
             **{f"{setup}_tokens_per_second": summarise(v) for setup, v in speeds.items()},
             "speedup": summarise([o / t for o, t in zip(speeds["ours"], speeds["trl"])]),
+            "optimizer_steps": steps,
+            "examples_per_step": {k: (args.samples if task == "sft" else args.pairs) / v for k, v in steps.items()},
         }
     if "ppo" in tasks:
-        results["ppo"] = bench_ppo(args, model, workdir, data)
+        results["ppo"] = bench_ppo(args, model, workdir)
     rate = statistics.median(rates)
     results["fp32_matmul_flops"] = summarise(rates)
     for task in (t for t in tasks if t in builders):
@@ -290,8 +313,59 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
-def bench_ppo(args, model: str, workdir: Path, data: Path) -> dict:
-    raise NotImplementedError
+def reward_model_folder(model: str, folder: Path) -> str:
+    """A full-weight reward model for the PPO runs: the embedded model with a seeded one-output score head."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf_recipes.models import load_tokenizer
+
+    torch.manual_seed(0)
+    reward = AutoModelForSequenceClassification.from_pretrained(model, num_labels=1, dtype=torch.float32)
+    tokenizer = load_tokenizer(model)
+    reward.config.pad_token_id = tokenizer.pad_token_id
+    reward.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def bench_ppo(args, model: str, workdir: Path) -> dict:
+    """Episodes per second; the work per episode matched: response length, PPO epochs, batch, no sample generations."""
+    reward = reward_model_folder(model, workdir / "reward-model")
+    episodes, batch, accumulation = args.ppo_episodes, 4, 2
+    shared = ["--total_episodes", str(episodes), "--per_device_train_batch_size", str(batch)]
+    shared += ["--gradient_accumulation_steps", str(accumulation), "--response_length", "53", "--num_ppo_epochs", "1"]
+    shared += ["--num_sample_generations", "0"]
+    argv = {
+        "trl": ["--policy", model, "--reward", reward, "--use_peft", *shared],
+        "ours": [
+            "--config",
+            str(CONFIGS / "ppo.yaml"),
+            "--model_name_or_path",
+            model,
+            "--reward_model_path",
+            reward,
+            "--output_dir",
+            str(workdir / "ppo-ours"),
+            *shared,
+        ],
+    }
+    speeds: dict[str, list[float]] = {"trl": [], "ours": []}
+    peaks: dict[str, list[float]] = {"trl": [], "ours": []}
+    for run in range(args.runs):
+        for setup in args.setups.split(","):
+            record = run_worker("ppo", setup, argv[setup] + (args.ours if setup == "ours" else []), workdir)
+            speeds[setup].append(episodes / record["train_seconds"])
+            peaks[setup].append(record["peak_rss_mib"])
+            print(f"bench: ppo {setup} run {run + 1}/{args.runs}: {speeds[setup][-1]:.3f} episodes/s", flush=True)
+    return {
+        "episodes_per_run": episodes,
+        "episodes_per_update": batch * accumulation,
+        "response_length": 53,
+        **{f"{setup}_episodes_per_second": summarise(v) for setup, v in speeds.items()},
+        **{f"{setup}_peak_rss_mib": summarise(v) for setup, v in peaks.items()},
+        "speedup": summarise([o / t for o, t in zip(speeds["ours"], speeds["trl"])]),
+    }
 
 
 def markdown(results: dict) -> str:
@@ -316,8 +390,18 @@ def markdown(results: dict) -> str:
             f"{fmt(r['trl_roofline_fraction'], 2)} | {fmt(r['ours_roofline_fraction'], 2)} | | "
             f"{target.split(', ')[1] if ', ' in target else ''} |"
         )
+    for task in ("sft", "reward"):
+        if task in results:
+            per_step = results[task]["examples_per_step"]
+            lines.append(
+                f"| {task} | examples per optimizer step | {per_step.get('trl', 0):.1f} | {per_step.get('ours', 0):.1f} | | "
+                "matched |"
+            )
     if "ppo" in results:
         r = results["ppo"]
+        lines.append(
+            f"| ppo | peak RSS, MiB | {fmt(r['trl_peak_rss_mib'], 0)} | {fmt(r['ours_peak_rss_mib'], 0)} | | |"
+        )
         lines.append(
             f"| ppo | episodes/s | {fmt(r['trl_episodes_per_second'], 3)} | {fmt(r['ours_episodes_per_second'], 3)} | "
             f"{fmt(r['speedup'], 2)} | 1.0x |"
