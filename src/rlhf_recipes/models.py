@@ -11,6 +11,7 @@ Every recipe turns its `model_name_or_path` into a plain checkpoint folder (or H
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import json
@@ -46,21 +47,60 @@ def cache_dir() -> Path:
 
 
 def _atomic_build(target: Path, build) -> Path:
-    """Build a folder in a temporary sibling and rename it into place, so an interruption never leaves half a cache."""
+    """Build a folder in a temporary sibling and rename it into place, so an interruption never leaves half a cache.
+
+    The processes of a multi-GPU launch all resolve the same model at once: a file lock lets one build it while the
+    others wait and then reuse it (one conversion or merge in memory at a time, not one per GPU).
+    """
+    from filelock import FileLock
+
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    lock = target.parent / f".{target.name}.lock"
     try:
-        build(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it owner-only; a cache is as readable as any other checkpoint folder
-        os.replace(tmp, target)  # atomic on one file system; a concurrent builder that won the race is fine too
-    except OSError:
-        if not target.is_dir():
-            raise
+        with FileLock(lock):
+            if target.is_dir():  # built by the process that held the lock before us
+                return target
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+            try:
+                with _whole_model_loading():
+                    build(tmp)
+                tmp.chmod(0o755)  # mkdtemp makes it owner-only; a cache is as readable as any checkpoint folder
+                os.replace(tmp, target)  # atomic on one file system; a concurrent builder that won is fine too
+            except OSError:
+                if not target.is_dir():
+                    raise
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        lock.unlink(missing_ok=True)  # safe once the target exists: a later process returns before locking
     return target
+
+
+@contextlib.contextmanager
+def _whole_model_loading():
+    """`from_pretrained` loads whole models into this process even under DeepSpeed ZeRO-3 (`zero3_init_flag`).
+
+    A cache is built by one process while the others wait on its lock; ZeRO-3's `from_pretrained` would partition the
+    weights with collective calls that no other rank joins. (FSDP needs nothing here: transformers 5.23 loads full
+    weights on every rank and leaves the broadcast to the trainer.)
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref  # set by TrainingArguments under a DeepSpeed launch
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
+def _save_from_this_process(model, folder: Path) -> None:
+    """`save_pretrained` from whichever process builds a cache: once torch.distributed is initialized, transformers 5
+    writes weights and config from global rank 0 only and silently nothing elsewhere (a cache without config.json)."""
+    model.should_save_on_this_rank = lambda is_main_process: is_main_process
+    model.save_pretrained(folder)
 
 
 def embedded_gguf_path(name: str) -> Path:
@@ -96,7 +136,7 @@ def ensure_embedded_model(name: str) -> Path:
         model.hf_quantizer = None
         model.config.name_or_path = DEFAULT_MODEL if name == DEFAULT_MODEL.removeprefix(EMBEDDED_PREFIX) else name
         fix_special_tokens(tokenizer, model)
-        model.save_pretrained(folder)
+        _save_from_this_process(model, folder)
         tokenizer.save_pretrained(folder)
 
     return _atomic_build(cache_dir() / "embedded" / name, build)
@@ -273,7 +313,7 @@ def merged_adapter_path(folder: Path) -> Path:
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
         merged = PeftModel.from_pretrained(model, folder).merge_and_unload()
-        merged.save_pretrained(target)
+        _save_from_this_process(merged, target)
         tokenizer.save_pretrained(target)
         lineage = read_lineage(folder)
         if lineage:

@@ -115,6 +115,15 @@ def train_and_save(
     result = trainer.train(resume_from_checkpoint=checkpoint) if checkpoint and resumable else trainer.train()
     metrics = dict(getattr(result, "metrics", None) or {})
     metrics.setdefault("train_runtime", round(time.perf_counter() - started, 3))  # PPOTrainer reports none
+    accelerator, steps = trainer.accelerator, trainer.state.global_step
+    per_step = trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps  # on each rank
+    logger.info(  # one line per process, so a multi-GPU run shows that every rank trained
+        "rank %d/%d: trained %d optimizer steps on %d examples",
+        accelerator.process_index,
+        accelerator.num_processes,
+        steps,
+        steps * per_step,
+    )
     if metrics_fn is not None:
         metrics.update(metrics_fn(trainer))
     elif trainer.eval_dataset is not None:  # reuse an evaluation already logged at the last step (eval_strategy)
@@ -138,7 +147,7 @@ def train_and_save(
             model_name_or_path=model_args.model_name_or_path,
             model_args=model_args,
             data=_data_summary(script_args, trainer),
-            config=config_dict(script_args, model_args, training_args),
+            config={**config_dict(script_args, model_args, training_args), "world_size": accelerator.num_processes},
             metrics=metrics,
             output_dir=output_dir,
         )
