@@ -299,13 +299,21 @@ def main(argv: list[str] | None = None) -> dict:
     rate = statistics.median(rates)
     results["fp32_matmul_flops"] = summarise(rates)
     for task in (t for t in tasks if t in builders):
+        results[task]["fp32_matmul_flops"] = rate
         per_token = results[task]["flops_per_real_token"]
         results[task]["roofline_tokens_per_second"] = rate / per_token
         for setup in ("trl", "ours"):
             speeds = (results[task][f"{setup}_tokens_per_second"] or {"runs": []})["runs"]
             results[task][f"{setup}_roofline_fraction"] = summarise([s * per_token / rate for s in speeds])
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+    for task in tasks:
+        results[task]["commit"] = commit.strip() or "unknown"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    earlier = out / "bench.json"
+    if earlier.is_file():  # a run of some tasks keeps the others' figures, each with the commit it was measured on
+        kept = json.loads(earlier.read_text())
+        results = {**{k: v for k, v in kept.items() if k in ("sft", "reward", "ppo") and k not in tasks}, **results}
     (out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results)
     (out / "bench.md").write_text(table)
@@ -408,6 +416,8 @@ def markdown(results: dict) -> str:
         )
     lines.append("")
     lines.append("Median (min-max) of the runs; each run a fresh process. Data: " + json.dumps(results["data"]))
+    commits = ", ".join(f"{t} at {results[t].get('commit', '?')}" for t in ("sft", "reward", "ppo") if t in results)
+    lines.append(f"Measured on commit: {commits}.")
     return "\n".join(lines) + "\n"
 
 
