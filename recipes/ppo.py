@@ -3,20 +3,31 @@
     python recipes/ppo.py --config configs/smollm2-135m/ppo.yaml [--total_episodes 16]
 
 `model_name_or_path` is the SFT output (policy, and reference with the LoRA adapter disabled); `reward_model_path`
-is the reward stage's output (reward model, and the value model's initialisation). KL coefficient, response length,
-batch sizes and PPO epochs all live in the YAML.
+is the reward stage's output (reward model, and the value model's initialisation). With `use_peft` the value model
+trains through LoRA too; `load_in_4bit`, `reward_model_load_in_4bit` and `value_model_load_in_4bit` put the policy's,
+the reward model's and the value model's frozen weights in 4-bit. KL coefficient, response length, batch sizes and
+PPO epochs all live in the YAML.
 """
 
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
+from transformers import AutoModelForCausalLM, set_seed
 from trl import ModelConfig, ScriptArguments, get_peft_config
 
 from rlhf_recipes import cli, training
 from rlhf_recipes.models import CAUSAL_LM, REWARD_MODEL, load_tokenizer
-from rlhf_recipes.ppo import PPOConfig, PPOTrainer, final_metrics, tokenize_prompts
+from rlhf_recipes.ppo import (
+    PPOConfig,
+    PPOTrainer,
+    add_value_adapter,
+    check_model_options,
+    final_metrics,
+    load_scoring_model,
+    tokenize_prompts,
+)
 
 
 def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: ModelConfig) -> dict:
     set_seed(training_args.seed)  # LoRA's A matrices and a new score head start random
+    check_model_options(training_args, model_args)
 
     # Models: policy (+ adapter-disabled reference) from SFT; reward and value models from the reward stage
     policy_path = training.prepare_model(model_args.model_name_or_path, CAUSAL_LM)
@@ -26,9 +37,10 @@ def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: Mod
     policy = AutoModelForCausalLM.from_pretrained(policy_path, **init_kwargs)
     peft_config = get_peft_config(model_args)
     ref_policy = None if peft_config else AutoModelForCausalLM.from_pretrained(policy_path, **init_kwargs)
-    reward_model = AutoModelForSequenceClassification.from_pretrained(reward_path, num_labels=1, **init_kwargs)
-    value_kwargs = {k: v for k, v in init_kwargs.items() if k not in ("quantization_config", "device_map")}
-    value_model = AutoModelForSequenceClassification.from_pretrained(reward_path, num_labels=1, **value_kwargs)
+    reward_model = load_scoring_model(reward_path, init_kwargs, model_args, training_args.reward_model_load_in_4bit)
+    value_model = load_scoring_model(reward_path, init_kwargs, model_args, training_args.value_model_load_in_4bit)
+    if peft_config:
+        value_model = add_value_adapter(value_model, peft_config)  # LoRA + score head train; its base stays frozen
 
     # Data: {"prompt": [messages]} rows, tokenized up to the assistant's turn
     training_args.eval_strategy = "no"

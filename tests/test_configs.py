@@ -6,6 +6,8 @@ import subprocess
 import sys
 
 import pytest
+import torch
+import yaml
 from conftest import CONFIGS, REPO
 
 from rlhf_recipes.cli import UserError, parse_config
@@ -15,14 +17,21 @@ ALL_YAML = sorted(p for p in (REPO / "configs").rglob("*.yaml"))
 
 def parser_for(path):
     """The dataclasses a config is parsed with, chosen by its file name; an unknown kind of config fails the test."""
-    from trl import ModelConfig, RewardConfig, ScriptArguments, SFTConfig
+    from trl import ModelConfig, ScriptArguments, SFTConfig
 
     from rlhf_recipes.ppo import PPOConfig
+    from rlhf_recipes.reward import RewardConfig
 
     stage = path.stem.split("-")[-1]
     classes = {"cpt": SFTConfig, "sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig}
     if stage in classes:
-        return lambda: parse_config((ScriptArguments, classes[stage], ModelConfig), ["--config", str(path)])
+        args = ["--config", str(path)]
+        if yaml.safe_load(path.read_text()).get("use_cpu") is False and not torch.cuda.is_available():
+            args += [
+                "--use_cpu",
+                "true",
+            ]  # a GPU recipe: TrainingArguments refuses bf16 without a GPU; keys still checked
+        return lambda: parse_config((ScriptArguments, classes[stage], ModelConfig), args)
     if path.parent.name == "accelerate":
         from accelerate.commands.config.config_args import load_config_from_file
 
@@ -48,6 +57,22 @@ def parser_for(path):
 
 def test_configs_are_found():
     assert len(ALL_YAML) >= 4
+
+
+GPU_YAML = [p for p in ALL_YAML if p.parent.name.startswith("qwen")]
+
+
+@pytest.mark.parametrize("path", GPU_YAML, ids=lambda p: str(p.relative_to(REPO / "configs")))
+def test_real_model_recipes_are_qlora_on_one_gpu(path):
+    lines = path.read_text().splitlines()
+    assert lines[0] == f"#   python recipes/{path.stem}.py --config {path.relative_to(REPO)}"
+    assert lines[1].startswith("# Targets one ") and " GB GPU" in lines[1]
+    config = yaml.safe_load(path.read_text())
+    assert config["load_in_4bit"] and config["bnb_4bit_quant_type"] == "nf4" and config["use_bnb_nested_quant"]
+    assert config["dtype"] == "bfloat16" and config["bf16"] and config["use_cpu"] is False
+    assert config["output_dir"] == f"outputs/{path.parent.name}/{path.stem}"
+    if path.stem == "ppo":
+        assert config["reward_model_load_in_4bit"] and config["value_model_load_in_4bit"] and config["use_peft"]
 
 
 @pytest.mark.parametrize("path", ALL_YAML, ids=lambda p: str(p.relative_to(REPO / "configs")))
