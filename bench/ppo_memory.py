@@ -10,13 +10,14 @@ optimizer state appears). Each child's peak resident set size is its own `ru_max
 - `trl-example`: bench/trl_ppo_example.py, TRL's examples/scripts/ppo/ppo.py setup: full fine-tuning, a second full
   policy as reference, full-precision reward model and a fully fine-tuned full-precision value model;
 - `trl-example-peft`: the same with `--use_peft` (LoRA policy, adapter-disabled reference);
-- `ours-lora-value`: recipes/ppo.py with configs/smollm2-135m/ppo.yaml: LoRA policy and LoRA value model, reward
-  and value bases in full precision;
+- `ours-lora-value`: recipes/ppo.py with configs/smollm2-135m/ppo.yaml, float32 weights: LoRA policy and LoRA value
+  model, reward and value bases in full precision;
 - `ours-4bit-reward-value`: the same with `reward_model_load_in_4bit` and `value_model_load_in_4bit`;
-- `ours-all-4bit`: the same plus the policy in 4-bit too (QLoRA: `load_in_4bit`, `dtype: bfloat16`).
+- `ours-bf16-lora-value`, `ours-bf16-4bit-reward-value`: the two above with bfloat16 frozen weights (`dtype`);
+- `ours-all-4bit`: bfloat16, 4-bit reward and value models, and the policy in 4-bit too (QLoRA: `load_in_4bit`).
 
-Prints a markdown table and writes bench/results/ppo_memory.json. Other processes on the machine do not change a
-child's RSS, only its speed.
+Prints a markdown table (peak RSS, ratios to TRL's example, seconds per PPO update inside `train()`) and writes
+bench/results/ppo_memory.json. Other processes on the machine do not change a child's RSS, only its speed.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,10 +38,11 @@ RESULTS = REPO / "bench" / "results"
 POLICY = "embedded:SmolLM2-135M-Instruct"
 
 FOUR_BIT = ["--reward_model_load_in_4bit", "true", "--value_model_load_in_4bit", "true"]
-OURS = {
-    "ours-lora-value": ["--dtype", "float32"],
+FULL = ["--reward_model_load_in_4bit", "false", "--value_model_load_in_4bit", "false"]
+OURS = {  # every memory setting spelt out, so that a row means the same whatever the shipped YAML's defaults
+    "ours-lora-value": ["--dtype", "float32", *FULL],
     "ours-4bit-reward-value": ["--dtype", "float32", *FOUR_BIT],
-    "ours-bf16-lora-value": ["--dtype", "bfloat16"],
+    "ours-bf16-lora-value": ["--dtype", "bfloat16", *FULL],
     "ours-bf16-4bit-reward-value": ["--dtype", "bfloat16", *FOUR_BIT],
     "ours-all-4bit": ["--dtype", "bfloat16", *FOUR_BIT, "--load_in_4bit", "true"],
 }
@@ -55,6 +58,13 @@ def run_child(command: list[str], log: Path) -> dict:
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed with exit code {process.returncode}; see {log}")
     return {"wall_seconds": round(time.perf_counter() - started, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+
+
+def train_seconds(output_dir: Path) -> float:
+    """Seconds inside `train()`: TRL example's own JSON, or the recipe's lineage (`train_runtime`)."""
+    if (output_dir / "result.json").is_file():
+        return json.loads((output_dir / "result.json").read_text())["train_seconds"]
+    return json.loads((output_dir / "lineage.json").read_text())["metrics"]["train_runtime"]
 
 
 def full_weights(path: str) -> str:
@@ -106,29 +116,32 @@ def main(argv: list[str] | None = None) -> dict:
         "--response_length",
         str(args.response_length),
     ]
+    updates = -(-args.total_episodes // (args.per_device_train_batch_size * args.gradient_accumulation_steps))
     policy = full_weights(POLICY)
     reward = reward_model(work)
     rows = {}
     for setup in args.setups.split(","):
+        output_dir = Path(tempfile.mkdtemp(prefix=f"{setup}-", dir=work))
         if setup.startswith("trl-example"):
             command = [sys.executable, "bench/trl_ppo_example.py", "--policy", policy, "--reward", reward]
             command += ["--dataset", "data/demo/prompts", "--num_sample_generations", "0", "--num_ppo_epochs", "2"]
-            command += ["--json", str(work / f"{setup}.json"), *batch]
+            command += ["--output_dir", str(output_dir), "--json", str(output_dir / "result.json"), *batch]
             command += ["--use_peft"] if setup.endswith("-peft") else ["--no-use_peft"]
         else:
             command = [sys.executable, "recipes/ppo.py", "--config", str(CONFIG), "--model_name_or_path", POLICY]
-            command += ["--reward_model_path", reward, "--output_dir", str(work / setup), *batch, *OURS[setup]]
+            command += ["--reward_model_path", reward, "--output_dir", str(output_dir), *batch, *OURS[setup]]
             command += ["--save_strategy", "no", "--report_to", "none"]
         print(f"running {setup} ...", flush=True)
-        rows[setup] = run_child(shlex.split(args.launcher) + command, work / f"{setup}.log")
+        rows[setup] = run_child(shlex.split(args.launcher) + command, output_dir / "log.txt")
+        rows[setup]["seconds_per_update"] = round(train_seconds(output_dir) / updates, 1)
         print(f"  {rows[setup]}", flush=True)
 
     reference = {name: rows[name]["peak_rss_mib"] for name in ("trl-example", "trl-example-peft") if name in rows}
     header = "".join(f" vs {name} |" for name in reference)
-    lines = [f"| setup | peak RSS MiB |{header}", "|---|---|" + "---|" * len(reference)]
+    lines = [f"| setup | peak RSS MiB |{header} s/update |", "|---|---|" + "---|" * len(reference) + "---|"]
     for setup, row in rows.items():
         ratios = "".join(f" {row['peak_rss_mib'] / peak:.2f} |" for peak in reference.values())
-        lines.append(f"| {setup} | {row['peak_rss_mib']:.0f} |{ratios}")
+        lines.append(f"| {setup} | {row['peak_rss_mib']:.0f} |{ratios} {row['seconds_per_update']} |")
     table = "\n".join(lines)
     print(table)
     result = {
