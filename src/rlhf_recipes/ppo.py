@@ -124,6 +124,10 @@ class PPOTrainer(TRLPPOTrainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        if not hasattr(self.model, "policy"):  # DDP hides PolicyAndValueWrapper's attributes (huggingface/trl#2375)
+            self.model.__dict__["policy"] = self.accelerator.unwrap_model(self.model).policy
+        if not hasattr(self, "is_distributed_loading_by_transformers"):  # set by Trainer.__init__, which TRL skips
+            self.is_distributed_loading_by_transformers = False
         if self.args.activation_checkpointing:  # `gradient_checkpointing` is its deprecated alias; both are set
             self._enable_activation_checkpointing()
 
