@@ -505,11 +505,12 @@ def test_output_folders_are_never_clobbered(recipe, tmp_path, tokenizer_path):
     datasets = {"cpt": {"kind": "text", "sources": [source]}}
     run_config(recipe, tmp_path, tokenizer_path, datasets)
     folder = tmp_path / "out" / "cpt"
-    first = (folder / "report.json").read_text()
+    first = (folder / "train.jsonl").read_text()
     with pytest.raises(UserError, match="already exists and is not empty"):
         run_config(recipe, tmp_path, tokenizer_path, datasets)
+    (folder / "train.jsonl").write_text("stale\n")  # marks the earlier output, so the rewrite shows
     run_config(recipe, tmp_path, tokenizer_path, datasets, overwrite=True)  # replaces its own earlier output
-    assert (folder / "report.json").read_text() != first and sorted(p.name for p in folder.iterdir()) == [
+    assert (folder / "train.jsonl").read_text() == first and sorted(p.name for p in folder.iterdir()) == [
         "report.json",
         "report.md",
         "token_lengths.png",
