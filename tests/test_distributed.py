@@ -1,4 +1,4 @@
-"""Several processes: SFT and the reward model as 2-rank gloo runs on CPU (torchrun, and `accelerate launch` with
+"""Several processes: SFT, the reward model and PPO as 2-rank gloo runs on CPU (torchrun, and `accelerate launch` with
 configs/accelerate/ddp.yaml): every rank trains, exactly one model is saved, and the caches are built once."""
 
 from __future__ import annotations
@@ -115,14 +115,49 @@ def test_torchrun_sft_trains_on_every_rank_and_saves_once(sft_output):
     assert output.count("sft finished:") == 1  # the main process alone writes lineage.json and the card
 
 
-def test_torchrun_reward_merges_the_sft_adapter_once_and_trains(sft_output, tmp_path, cache):
-    data = small_data(tmp_path / "data", DEMO / "preferences")
-    output = launch(torchrun() + ["--master_port", str(free_port())], "reward", sft_output[0], data, tmp_path, cache)
+@pytest.fixture(scope="module")
+def reward_output(tmp_path_factory, sft_output, cache):
+    root = tmp_path_factory.mktemp("distributed-reward")
+    data = small_data(root / "data", DEMO / "preferences")
+    output = launch(
+        torchrun() + ["--master_port", str(free_port())], "reward", sft_output[0], data, root / "out", cache
+    )
+    return root / "out", output
+
+
+def test_torchrun_reward_merges_the_sft_adapter_once_and_trains(reward_output, cache):
+    output_dir, output = reward_output
     assert_every_rank_trained(output)
-    lineage = assert_saved_once(tmp_path)
+    lineage = assert_saved_once(output_dir)
     assert lineage["model_kind"] == "reward_model" and [s["stage"] for s in lineage["chain"]] == ["sft", "reward"]
     assert output.count("Merging the adapter") == 1  # one rank merged it, the other waited and reused it
     assert [p.name for p in (cache / "merged").iterdir() if p.name.startswith(".")] == []  # no lock or temp left
+
+
+def test_torchrun_ppo_trains_on_every_rank_and_saves_one_adapter(sft_output, reward_output, tmp_path, cache):
+    """TRL 1.12's PPOTrainer reads `model.policy` through the DDP wrapper (huggingface/trl#2375); rlhf_recipes.ppo
+    exposes it. 2 ranks x 2 prompts x 2 accumulation steps = 8 episodes per PPO update, 16 episodes = 2 updates."""
+    data = small_data(tmp_path / "data", DEMO / "prompts")
+    overrides = ["--reward_model_path", str(reward_output[0]), "--total_episodes", "16", "--response_length", "8"]
+    overrides += ["--local_rollout_forward_batch_size", "2", "--num_ppo_epochs", "1", "--learning_rate", "1e-3"]
+    overrides += ["--reward_model_load_in_4bit", "false", "--value_model_load_in_4bit", "false"]  # 4-bit: test_stages
+    output = launch(
+        torchrun() + ["--master_port", str(free_port())],
+        "ppo",
+        sft_output[0],
+        data,
+        tmp_path / "out",
+        cache,
+        *overrides,
+    )
+    assert_every_rank_trained(output, per_step=4)  # per_device_train_batch_size 2 x gradient_accumulation_steps 2
+    top = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert [n for n in top if n.endswith(".safetensors")] == ["adapter_model.safetensors"], top
+    assert not [n for n in top if re.search(r"rank|_\d+\.\w+$|\.tmp$|^\.", n)], top
+    assert min(lora_b_norms(tmp_path / "out")) > 0
+    lineage = json.loads((tmp_path / "out" / "lineage.json").read_text())
+    assert lineage["config"]["world_size"] == WORLD_SIZE and [s["stage"] for s in lineage["chain"]] == ["sft", "ppo"]
+    assert output.count("ppo finished:") == 1
 
 
 def test_a_cache_built_by_a_rank_other_than_0_is_complete(sft_output, tmp_path, monkeypatch):
