@@ -1,5 +1,5 @@
 # make setup: a virtual environment with the pinned stack and the embedded model (re-run when requirements change)
-# make demo:  the whole pipeline on the embedded SmolLM2-135M-Instruct (CPU: 16.5 minutes measured on 2 cores)
+# make demo:  the whole pipeline on the embedded SmolLM2-135M-Instruct (CPU: 14.8 minutes measured on 2 cores)
 # make test:  the fast CPU test suite on a tiny random model
 PYTHON ?= python3
 VENV := .venv

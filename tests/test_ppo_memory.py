@@ -73,15 +73,17 @@ def count_4bit(model) -> int:
 
 
 FOUR_BIT_OFF = ("--reward_model_load_in_4bit", "false", "--value_model_load_in_4bit", "false")
+FOUR_BIT_ON = ("--reward_model_load_in_4bit", "true", "--value_model_load_in_4bit", "true")
 
 
 @pytest.mark.parametrize(
     "overrides",
     [
         pytest.param(("--dtype", "float32", *FOUR_BIT_OFF), id="float32-lora-value"),
-        pytest.param(("--dtype", "float32"), id="float32-4bit-reward-value"),
-        pytest.param((), id="shipped-config"),  # bfloat16 weights, 4-bit reward and value models
-        pytest.param(("--load_in_4bit", "true"), id="all-4bit"),
+        pytest.param(("--dtype", "float32", *FOUR_BIT_ON), id="float32-4bit-reward-value"),
+        pytest.param((), id="shipped-config"),  # bfloat16 frozen weights, full-precision reward and value bases
+        pytest.param(FOUR_BIT_ON, id="bf16-4bit-reward-value"),
+        pytest.param(("--load_in_4bit", "true", *FOUR_BIT_ON), id="all-4bit"),
     ],
 )
 def test_value_model_trains_through_lora_with_frozen_base(
@@ -89,7 +91,7 @@ def test_value_model_trains_through_lora_with_frozen_base(
 ):
     metrics = run_ppo(tiny_model_path, tiny_reward_path, tmp_path, *overrides)
     (trainer,) = trainers
-    four_bit = FOUR_BIT_OFF[-1] not in overrides
+    four_bit = FOUR_BIT_ON[-1] in overrides
     assert (count_4bit(trainer.reward_model) > 0) == trainer.args.reward_model_load_in_4bit == four_bit
     assert (count_4bit(trainer.value_model) > 0) == trainer.args.value_model_load_in_4bit == four_bit
     assert (count_4bit(trainer.policy_model) > 0) == ("--load_in_4bit" in overrides)
