@@ -7,26 +7,9 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_stages import lora_b_norms, run_stage
+from test_stages import PPO_RUN, lora_b_norms, run_stage
 
 from rlhf_recipes.cli import UserError
-
-PPO_RUN = [
-    "--total_episodes",
-    "8",
-    "--per_device_train_batch_size",
-    "2",
-    "--gradient_accumulation_steps",
-    "2",
-    "--local_rollout_forward_batch_size",
-    "4",
-    "--response_length",
-    "8",
-    "--num_ppo_epochs",
-    "1",
-    "--learning_rate",
-    "1e-3",
-]
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,12 @@ def run_stage(stage: str, tiny_model_path, output_dir, *overrides: str):
     return recipe.main(*parsed, **({"stage": "cpt"} if stage == "cpt" else {}))
 
 
+# A PPO run small enough for a test: 8 episodes = 2 updates of 2 prompts x 2 accumulation steps, 8-token answers
+PPO_RUN = ["--total_episodes", "8", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2"]
+PPO_RUN += ["--local_rollout_forward_batch_size", "4", "--response_length", "8", "--num_ppo_epochs", "1"]
+PPO_RUN += ["--learning_rate", "1e-3"]
+
+
 def lora_b_norms(folder) -> list[float]:
     """LoRA's B matrices start at zero, so a non-zero norm proves the adapter trained."""
     weights = load_file(str(folder / "adapter_model.safetensors"))
@@ -158,20 +164,7 @@ def test_ppo_trains_policy_adapter_against_reward_model(tmp_path, sft_output, re
         str(sft_output[0]),
         "--reward_model_path",
         str(reward_output[0]),
-        "--total_episodes",
-        "8",
-        "--per_device_train_batch_size",
-        "2",
-        "--gradient_accumulation_steps",
-        "2",
-        "--local_rollout_forward_batch_size",
-        "4",
-        "--response_length",
-        "8",
-        "--num_ppo_epochs",
-        "1",
-        "--learning_rate",
-        "1e-3",
+        *PPO_RUN,
     )
     assert min(lora_b_norms(tmp_path)) > 0
     assert {"objective/kl", "objective/scores"} <= set(metrics)
