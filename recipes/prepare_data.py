@@ -2,44 +2,31 @@
 
     python recipes/prepare_data.py --config configs/smollm2-135m/data.yaml
     python recipes/prepare_data.py --config configs/smollm2-135m/data.yaml --only sft --datasets.sft.cleaning.max_tokens 512
+    python recipes/prepare_data.py --help      # the config schema
 
 One YAML names the datasets to build (CPT text, SFT conversations, reward-model preference pairs, PPO prompts), each
-from local files or Hub ids in any supported format. Every dataset is normalised, filtered by token length, deduplicated
-(exactly and with MinHash LSH), decontaminated against its held-out sets, mixed by source weight, and written as
-`train.jsonl` (+ `test.jsonl`) in TRL's standard format with `report.md`, `report.json` and token-length histograms.
-Each output folder appears only once every dataset is done. Run with --help for the config schema.
+from local files (JSONL/JSON, also .gz/.bz2/.xz/.zst; CSV; Parquet shards; plain text) or Hub ids in any supported
+format. Every dataset is normalised, filtered by token length, deduplicated (exactly and with MinHash LSH),
+decontaminated against its held-out sets, mixed by source weight, and written as `train.jsonl` (+ `test.jsonl`) in
+TRL's standard format with `report.md`, `report.json` and token-length histograms. Each output folder appears only once
+every dataset is done. The command line is parsed by `rlhf_recipes.data.config.parse_argv` (the stage "data").
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 
-from rlhf_recipes.cli import run
-from rlhf_recipes.preparation import load_config, prepare, schema_help
+from rlhf_recipes.cli import run_recipe
+from rlhf_recipes.config import Origin
+from rlhf_recipes.data.config import DataConfig
+from rlhf_recipes.data.prepare import prepare
 
 logger = logging.getLogger("rlhf_recipes.prepare_data")
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(
-        prog="prepare_data.py",
-        description=__doc__.split("\n\n")[0],
-        epilog=schema_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--config", required=True, help="the data YAML, e.g. configs/smollm2-135m/data.yaml")
-    parser.add_argument("--only", help="comma-separated names of the datasets to prepare (default: all of them)")
-    return parser.parse_known_args(argv)
-
-
-def main(argv: list[str] | None = None) -> list[dict]:
-    args, overrides = parse_args(argv)
-    config, origin = load_config(args.config, overrides)
-    only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
-
+def main(config: DataConfig, where: Origin, only: list[str] | None = None) -> list[dict]:
     # Load, convert, clean, mix and write every dataset (all outputs appear together at the end)
-    reports = prepare(config, origin, only)
+    reports = prepare(config, where, only)
 
     # Summary
     for report in reports:
@@ -53,4 +40,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    run(main)
+    run_recipe(__file__, main)

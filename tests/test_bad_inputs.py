@@ -3,6 +3,7 @@ line naming the file, line and field (or config key), no traceback, and no outpu
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+import rlhf_recipes.data.prepare  # noqa: F401  (imports `datasets` now: its stderr handler must not bind to a capsys)
+from rlhf_recipes import stages
 from rlhf_recipes.cli import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -220,6 +223,43 @@ CATALOGUE = [
         config([{"path": "cpt.jsonl", "format": "alpaca"}]),
         ["cpt.jsonl, line 1", "field 'instruction' is missing"],
     ),
+    # ---- compressed and sharded sources
+    Case(
+        "invalid_json_line_in_gzip",
+        {"sft.jsonl.gz": gzip.compress(jsonl(GOOD_CHAT, GOOD_CHAT, '{"messages": [').encode())},
+        config(["sft.jsonl.gz"]),
+        ["sft.jsonl.gz, line 3", "not valid JSON"],
+    ),
+    Case(
+        "bad_field_in_gzip",
+        {"sft.jsonl.gz": gzip.compress(jsonl(GOOD_CHAT, chat({"role": "user", "content": 7})).encode())},
+        config(["sft.jsonl.gz"]),
+        ["sft.jsonl.gz, line 2", "field 'messages[0].content'", "must be a string, not int"],
+    ),
+    Case(
+        "not_gzip_at_all",
+        {"sft.jsonl.gz": jsonl(GOOD_CHAT)},
+        config(["sft.jsonl.gz"]),
+        ["sft.jsonl.gz is not a valid .gz file"],
+    ),
+    Case(
+        "compressed_file_does_not_exist",
+        {},
+        config(["test.jsonl.gz"]),
+        ["test.jsonl.gz", "datasets.sft.sources[0].path", "does not exist"],
+    ),  # a missing file, not a Hub id
+    Case(
+        "compressed_csv",
+        {"qa.csv.gz": gzip.compress(b"prompt,response\nq,a\n")},
+        config(["qa.csv.gz"]),
+        ["qa.csv.gz", "unsupported extension '.csv.gz'", ".jsonl and .json also as .gz"],
+    ),
+    Case(
+        "glob_matches_no_shard",
+        {"shards/readme.txt": "x"},
+        config(["shards/train-*.parquet"]),
+        ["the pattern shards/train-*.parquet", "matches no file"],
+    ),
     # ---- bad configs: file and key
     Case(
         "unknown_format_name",
@@ -249,13 +289,13 @@ CATALOGUE = [
         "unknown_cleaning_key",
         {},
         {**config(["a.jsonl"]), "cleaning": {"min_token": 3}},
-        ["unknown key 'cleaning.min_token'", "did you mean 'cleaning.min_tokens'"],
+        ["unknown key 'cleaning.min_token'", "did you mean 'min_tokens'"],
     ),
     Case(
         "wrong_type",
         {},
         {**config(["a.jsonl"]), "cleaning": {"max_tokens": "lots"}},
-        ["cleaning.max_tokens", "must be int | null, not str"],
+        ["cleaning.max_tokens", "must be an integer, not 'lots'"],
     ),
     Case(
         "min_tokens_above_max_tokens",
@@ -288,7 +328,13 @@ CATALOGUE = [
         ["'cleaning.min_tokenz'", "on the command line", "did you mean"],
         ["--cleaning.min_tokenz", "3"],
     ),
-    Case("command_line_key_without_value", {}, config(["a.jsonl"]), ["'--overwrite' has no value"], ["--overwrite"]),
+    Case(  # a bare flag is `true`, which only a true/false key takes
+        "command_line_key_without_value",
+        {},
+        config(["a.jsonl"]),
+        ["key 'seed' on the command line", "must be an integer, not True"],
+        ["--seed"],
+    ),
     Case(
         "only_names_unknown_dataset",
         {"a.jsonl": jsonl(GOOD_CHAT)},
@@ -311,11 +357,9 @@ CATALOGUE = [
 ]
 
 
-@pytest.fixture(scope="module")
-def recipe():
-    import prepare_data  # recipes/ is on sys.path (tests/conftest.py)
-
-    return prepare_data
+def prepare_data(argv: list[str]) -> list[dict]:
+    """Run recipes/prepare_data.py in this process as its command line would (through the stage registry)."""
+    return stages.get("data").run(argv)
 
 
 def materialise(case: Case, root: Path, tokenizer_path: Path) -> list[str]:
@@ -342,11 +386,11 @@ def assert_nothing_complete(root: Path) -> None:
 
 
 @pytest.mark.parametrize("case", CATALOGUE, ids=[c.name for c in CATALOGUE])
-def test_bad_input(case, recipe, tmp_path, monkeypatch, capsys, tokenizer_path):
+def test_bad_input(case, tmp_path, monkeypatch, capsys, tokenizer_path):
     monkeypatch.chdir(tmp_path)
     args = materialise(case, tmp_path, tokenizer_path)
     with pytest.raises(SystemExit) as exit_info:
-        run(lambda: recipe.main(args))
+        run(lambda: prepare_data(args))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -364,7 +408,7 @@ def test_catalogue_is_large_enough():
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
-def test_existing_output_is_left_alone(overwrite, recipe, tmp_path, monkeypatch, capsys, tokenizer_path):
+def test_existing_output_is_left_alone(overwrite, tmp_path, monkeypatch, capsys, tokenizer_path):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a.jsonl").write_text(jsonl(GOOD_CHAT))
     (tmp_path / "out" / "sft").mkdir(parents=True)
@@ -373,11 +417,11 @@ def test_existing_output_is_left_alone(overwrite, recipe, tmp_path, monkeypatch,
         Case("existing", {}, {**config(["a.jsonl"]), "overwrite": overwrite}, []), tmp_path, tokenizer_path
     )
     with pytest.raises(SystemExit) as exit_info:
-        run(lambda: recipe.main(args))
+        run(lambda: prepare_data(args))
     assert exit_info.value.code == 2
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert "out/sft" in message and "datasets.sft.output_dir" in message
-    assert ("only replaces folders written by prepare_data.py" if overwrite else "already exists") in message
+    assert "is a folder this project did not write (mine.txt is in it)" in message  # with or without overwrite
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["sft"]
     assert [p.name for p in (tmp_path / "out" / "sft").iterdir()] == ["mine.txt"]
 

@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
 import yaml
 
-from rlhf_recipes.cleaning import check_assistant_mask, normalize_text
+from rlhf_recipes import stages
 from rlhf_recipes.cli import UserError
-from rlhf_recipes.formats import FIELDS, RecordError, convert, detect_format
-from rlhf_recipes.preparation import load_config
+from rlhf_recipes.config import Origin
+from rlhf_recipes.data.cleaning import check_assistant_mask, normalize_text
+from rlhf_recipes.data.config import SourceConfig, parse_argv
+from rlhf_recipes.data.formats import FIELDS, RecordError, convert, detect_format
+from rlhf_recipes.data.sources import load_source
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "tests" / "data" / "formats"
 DEMO = REPO / "data" / "demo"
 
 
-@pytest.fixture(scope="module")
-def recipe():
-    import prepare_data  # recipes/ is on sys.path (tests/conftest.py)
-
-    return prepare_data
+def prepare_data(argv: list[str]) -> list[dict]:
+    """Run recipes/prepare_data.py in this process as its command line would (through the stage registry)."""
+    return stages.get("data").run(argv)
 
 
 def rows(path: Path) -> list[dict]:
@@ -34,12 +38,12 @@ def write_jsonl(path: Path, records: list[dict]) -> str:
     return str(path)
 
 
-def run_config(recipe, tmp_path: Path, tokenizer_path, datasets: dict, *args: str, **top) -> dict:
+def run_config(tmp_path: Path, tokenizer_path, datasets: dict, *args: str, **top) -> dict:
     """Write a config for `datasets` into tmp_path, run the recipe, return the reports by dataset name."""
     config = {"tokenizer": str(tokenizer_path), "output_root": str(tmp_path / "out"), **top, "datasets": datasets}
     path = tmp_path / "data.yaml"
     path.write_text(yaml.safe_dump(config))
-    return {report["name"]: report for report in recipe.main(["--config", str(path), *args])}
+    return {report["name"]: report for report in prepare_data(["--config", str(path), *args])}
 
 
 def dropped(report: dict, split: str = "train") -> dict[str, int]:
@@ -99,13 +103,13 @@ def tokenizer(tokenizer_path):
 
 # ------------------------------------------------------------------------------------------------- shipped configs
 @pytest.mark.skipif(not (DEMO / "sft" / "train.jsonl").is_file(), reason="data/demo is not there")
-def test_demo_config_prepares_all_four_kinds(recipe, tmp_path, tokenizer_path, tokenizer, monkeypatch):
+def test_demo_config_prepares_all_four_kinds(tmp_path, tokenizer_path, tokenizer, monkeypatch):
     monkeypatch.chdir(REPO)
     out = tmp_path / "data"
     config = "configs/smollm2-135m/data.yaml"
     reports = {
         r["name"]: r
-        for r in recipe.main(["--config", config, "--output_root", str(out), "--tokenizer", str(tokenizer_path)])
+        for r in prepare_data(["--config", config, "--output_root", str(out), "--tokenizer", str(tokenizer_path)])
     }
     kinds = {"cpt": "text", "sft": "messages", "preferences": "preferences", "prompts": "prompts"}
     assert {name: r["kind"] for name, r in reports.items()} == kinds
@@ -122,13 +126,13 @@ def test_demo_config_prepares_all_four_kinds(recipe, tmp_path, tokenizer_path, t
     assert all(any(s["split"] == "decontamination" for s in r["sources"]) for r in reports.values())
 
 
-def test_all_formats_example_config(recipe, tmp_path, tokenizer_path, tokenizer, monkeypatch, caplog):
+def test_all_formats_example_config(tmp_path, tokenizer_path, tokenizer, monkeypatch, caplog):
     monkeypatch.chdir(REPO)
     out = tmp_path / "formats"
     with caplog.at_level("INFO", logger="rlhf_recipes"):
         reports = {
             r["name"]: r
-            for r in recipe.main(
+            for r in prepare_data(
                 [
                     "--config",
                     "configs/data-examples/all-formats.yaml",
@@ -226,13 +230,13 @@ def test_every_data_config_loads_strictly():
         *sorted((REPO / "configs" / "data-examples").glob("*.yaml")),
     ]
     for path in paths:
-        config, _ = load_config(str(path))
-        assert config.datasets, path
+        config, _, only = parse_argv(["--config", str(path)])
+        assert config.datasets and only is None, path
 
 
-def test_help_documents_the_schema(recipe, capsys):
+def test_help_documents_the_schema(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        recipe.parse_args(["--help"])
+        parse_argv(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for key in (
@@ -417,11 +421,10 @@ def test_check_assistant_mask():
     assert check_assistant_mask([1, 2, 3, 1, 2], [0, 1, 0, 0, 1], eos, 3)[0] == "no_assistant_tokens"
 
 
-def test_length_filters_count_tokens_of_the_tokenizer(recipe, tmp_path, tokenizer_path, tokenizer):
+def test_length_filters_count_tokens_of_the_tokenizer(tmp_path, tokenizer_path, tokenizer):
     texts = ["short", "a middle sized text about the island and its one small town", "word " * 200]
     source = write_jsonl(tmp_path / "cpt.jsonl", [{"text": t} for t in texts])
     reports = run_config(
-        recipe,
         tmp_path,
         tokenizer_path,
         {"cpt": {"kind": "text", "sources": [source]}},
@@ -439,7 +442,7 @@ def test_length_filters_count_tokens_of_the_tokenizer(recipe, tmp_path, tokenize
     assert rows(tmp_path / "out" / "cpt" / "train.jsonl") == [{"text": texts[1]}]
 
 
-def test_decontamination_drops_training_records_that_ask_held_out_questions(recipe, tmp_path, tokenizer_path):
+def test_decontamination_drops_training_records_that_ask_held_out_questions(tmp_path, tokenizer_path):
     def chat(question, answer):
         return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
 
@@ -453,7 +456,6 @@ def test_decontamination_drops_training_records_that_ask_held_out_questions(reci
     held_out = [chat(long_question, "Hollin Keep."), chat("Who is the mayor?", "Odalys Brack.")]
     benchmark = [{"question": "What is the ferry called, and when does it leave?", "answer": "The Morrow Belle"}]
     reports = run_config(
-        recipe,
         tmp_path,
         tokenizer_path,
         {
@@ -477,7 +479,7 @@ def test_decontamination_drops_training_records_that_ask_held_out_questions(reci
     assert rows(tmp_path / "out" / "sft" / "test.jsonl") == held_out
 
 
-def test_mixture_weights_sample_and_repeat_with_two_workers(recipe, tmp_path, tokenizer_path):
+def test_mixture_weights_sample_and_repeat_with_two_workers(tmp_path, tokenizer_path):
     first = write_jsonl(tmp_path / "a.jsonl", [{"text": f"alpha record number {i} about tidecake"} for i in range(10)])
     second = write_jsonl(
         tmp_path / "b.jsonl", [{"prompt": f"beta question {i}?", "response": f"answer {i}"} for i in range(4)]
@@ -487,9 +489,7 @@ def test_mixture_weights_sample_and_repeat_with_two_workers(recipe, tmp_path, to
         "sft": {"kind": "messages", "sources": [second, {"path": third}]},
         "cpt": {"kind": "text", "sources": [{"path": first, "weight": 0.5}]},
     }
-    reports = run_config(
-        recipe, tmp_path, tokenizer_path, datasets, "--datasets.sft.sources.1.weight", "2", num_proc=2
-    )
+    reports = run_config(tmp_path, tokenizer_path, datasets, "--datasets.sft.sources.1.weight", "2", num_proc=2)
     cpt = reports["cpt"]
     assert cpt["splits"]["train"]["rows_out"] == 5 and dropped(cpt) == {"downsampled": 5}
     assert len({r["text"] for r in rows(tmp_path / "out" / "cpt" / "train.jsonl")}) == 5
@@ -500,17 +500,18 @@ def test_mixture_weights_sample_and_repeat_with_two_workers(recipe, tmp_path, to
     assert answers != sorted(answers)  # shuffled
 
 
-def test_output_folders_are_never_clobbered(recipe, tmp_path, tokenizer_path):
+def test_output_folders_are_never_clobbered(tmp_path, tokenizer_path):
     source = write_jsonl(tmp_path / "cpt.jsonl", [{"text": "The ferry crosses in fifty-five minutes."}])
     datasets = {"cpt": {"kind": "text", "sources": [source]}}
-    run_config(recipe, tmp_path, tokenizer_path, datasets)
+    run_config(tmp_path, tokenizer_path, datasets)
     folder = tmp_path / "out" / "cpt"
     first = (folder / "train.jsonl").read_text()
     with pytest.raises(UserError, match="already exists and is not empty"):
-        run_config(recipe, tmp_path, tokenizer_path, datasets)
+        run_config(tmp_path, tokenizer_path, datasets)
     (folder / "train.jsonl").write_text("stale\n")  # marks the earlier output, so the rewrite shows
-    run_config(recipe, tmp_path, tokenizer_path, datasets, overwrite=True)  # replaces its own earlier output
+    run_config(tmp_path, tokenizer_path, datasets, overwrite=True)  # replaces its own earlier output
     assert (folder / "train.jsonl").read_text() == first and sorted(p.name for p in folder.iterdir()) == [
+        ".rlhf-recipes",  # the ownership marker of every folder this project writes (fs.py)
         "report.json",
         "report.md",
         "token_lengths.png",
@@ -519,24 +520,157 @@ def test_output_folders_are_never_clobbered(recipe, tmp_path, tokenizer_path):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
-    with pytest.raises(UserError, match="only replaces folders written by prepare_data.py"):
-        run_config(
-            recipe, tmp_path, tokenizer_path, datasets, "--datasets.cpt.output_dir", str(foreign), overwrite=True
-        )
+    with pytest.raises(UserError, match="is a folder this project did not write"):
+        run_config(tmp_path, tokenizer_path, datasets, "--datasets.cpt.output_dir", str(foreign), overwrite=True)
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temporary folders left
 
 
-def test_on_invalid_drop_counts_malformed_records(recipe, tmp_path, tokenizer_path):
+def test_prepared_folder_has_the_mode_mkdir_gives(tmp_path, tokenizer_path):
+    """Built aside and renamed into place, the folder is readable as the umask allows, not mkdtemp's drwx------."""
+    source = write_jsonl(tmp_path / "cpt.jsonl", [{"text": "The ferry crosses in fifty-five minutes."}])
+    umask = os.umask(0o022)
+    try:
+        run_config(tmp_path, tokenizer_path, {"cpt": {"kind": "text", "sources": [source]}})
+        (tmp_path / "made-by-mkdir").mkdir()
+        (tmp_path / "made-by-open").write_text("x")
+    finally:
+        os.umask(umask)
+
+    def mode(path: Path) -> str:
+        return stat.filemode(path.stat().st_mode)
+
+    folder = tmp_path / "out" / "cpt"
+    assert mode(folder) == mode(tmp_path / "made-by-mkdir") == "drwxr-xr-x"
+    assert {p.name: mode(p) for p in folder.iterdir()} == {
+        p.name: mode(tmp_path / "made-by-open") for p in folder.iterdir()
+    }
+
+
+def test_on_invalid_drop_counts_malformed_records(tmp_path, tokenizer_path):
     records = [
         {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
         {"messages": [{"role": "user", "content": "hi"}, {"role": "robot", "content": "beep"}]},
     ]
     source = write_jsonl(tmp_path / "sft.jsonl", records)
     reports = run_config(
-        recipe, tmp_path, tokenizer_path, {"sft": {"kind": "messages", "sources": [source]}}, on_invalid="drop"
+        tmp_path, tokenizer_path, {"sft": {"kind": "messages", "sources": [source]}}, on_invalid="drop"
     )
     invalid = reports["sft"]["splits"]["train"]["dropped"]["invalid"]
     assert invalid["count"] == 1 and invalid["examples"][0]["where"].endswith("sft.jsonl, line 2")
     assert "messages[1].role" in invalid["examples"][0]["detail"]
     assert rows(tmp_path / "out" / "sft" / "train.jsonl") == records[:1]
+
+
+# ------------------------------------------------------------------------------------ compressed and sharded sources
+HH = "\n\nHuman: {q}\n\nAssistant: {a}"
+ONE_RECORD_PER_FORMAT = {
+    "text": {"text": "The ferry leaves at noon."},
+    "messages": {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]},
+    "sharegpt": {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]},
+    "alpaca": {"instruction": "Add.", "input": "2+2", "output": "4"},
+    "prompt_response": {"question": "Who keeps the lighthouse?", "answer": "Corwin Tallish."},
+    "preferences": {"prompt": "Which cider?", "chosen": "Bramble.", "rejected": "Apple."},
+    "hh": {"chosen": HH.format(q="Which cider?", a="Bramble."), "rejected": HH.format(q="Which cider?", a="Apple.")},
+    "prompts": {"prompt": "When is Gillyflower Night?"},
+}
+
+
+def compress(path: Path, data: bytes) -> Path:
+    """Write `data` compressed as the file's last extension says (.gz .bz2 .xz .zst)."""
+    import bz2
+    import lzma
+
+    import zstandard
+
+    compressors = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}
+    compressors[".zst"] = zstandard.ZstdCompressor().compress
+    path.write_bytes(compressors[path.suffix](data))
+    return path
+
+
+def jsonl_bytes(*records) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in records).encode("utf-8")
+
+
+def load(path: Path | str, tmp_path: Path, **source):
+    """One source as `prepare_data.py` loads it (format detection and conversion into its natural kind)."""
+    return load_source(
+        SourceConfig(path=str(path), **source),
+        "datasets.x.sources[0]",
+        Origin("data.yaml"),
+        index=0,
+        kind=None,
+        cache_dir=str(tmp_path / "cache"),
+        num_proc=None,
+    )
+
+
+@pytest.mark.parametrize("fmt", ONE_RECORD_PER_FORMAT)
+def test_gzip_jsonl_is_detected_in_every_format(fmt, tmp_path):
+    record = ONE_RECORD_PER_FORMAT[fmt]
+    loaded = load(compress(tmp_path / f"{fmt}.jsonl.gz", jsonl_bytes(record, record)), tmp_path)
+    assert (loaded.fmt, loaded.detected, loaded.rows, loaded.builder) == (fmt, True, 2, "json")
+    assert loaded.dataset["_error"][:] == [None, None]
+
+
+@pytest.mark.parametrize("name", ["chat.jsonl.bz2", "chat.jsonl.xz", "chat.jsonl.zst", "chat.json.gz"])
+def test_every_compression_and_a_compressed_json_list(name, tmp_path):
+    records = [ONE_RECORD_PER_FORMAT["sharegpt"]] * 3
+    data = json.dumps(records, indent=1).encode() if ".json." in name else jsonl_bytes(*records)
+    loaded = load(compress(tmp_path / name, data), tmp_path)
+    assert (loaded.fmt, loaded.detected, loaded.rows) == ("sharegpt", True, 3)
+    assert loaded.dataset[0]["messages"][1] == {"role": "assistant", "content": "Hello."}
+
+
+def test_folders_globs_and_explicit_formats_of_gzip_jsonl(tmp_path):
+    folder = tmp_path / "hh"
+    folder.mkdir()
+    for part in ("train-0.jsonl.gz", "train-1.jsonl.gz"):
+        compress(folder / part, jsonl_bytes(ONE_RECORD_PER_FORMAT["hh"]))
+    assert (load(folder, tmp_path).fmt, load(folder, tmp_path).rows) == ("hh", 2)  # a folder of shards
+    assert load(folder / "train-*.jsonl.gz", tmp_path).fmt == "hh"  # a glob of them
+    explicit = load(folder / "train-0.jsonl.gz", tmp_path, format="preferences")  # detection overridden
+    assert (explicit.fmt, explicit.detected) == ("preferences", False)
+
+
+def test_compressed_and_sharded_sources_are_prepared_with_file_and_line(tmp_path, tokenizer_path, tokenizer):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    chat = ONE_RECORD_PER_FORMAT["messages"]
+    other = {
+        "messages": [{"role": "user", "content": "Who is the mayor?"}, {"role": "assistant", "content": "Odalys."}]
+    }
+    compress(tmp_path / "chat.jsonl.gz", jsonl_bytes(chat, other, chat))  # line 3 repeats line 1
+    compress(tmp_path / "share.jsonl.zst", jsonl_bytes(ONE_RECORD_PER_FORMAT["sharegpt"]))  # repeats line 1 too
+    shards = tmp_path / "pairs"
+    shards.mkdir()
+    pairs = [{"prompt": f"Question {i}?", "chosen": f"Good {i}.", "rejected": f"Bad {i}."} for i in range(5)]
+    pairs[4]["rejected"] = pairs[4]["chosen"]  # the second shard's row 2: identical pair
+    for index, part in enumerate((pairs[:3], pairs[3:])):
+        pq.write_table(pa.Table.from_pylist(part), shards / f"train-{index:05d}-of-00002.parquet")
+    datasets = {
+        "sft": {"kind": "messages", "sources": [str(tmp_path / "chat.jsonl.gz"), str(tmp_path / "share.jsonl.zst")]},
+        "preferences": {"kind": "preferences", "sources": [str(shards / "train-*.parquet")]},
+    }
+    reports = run_config(tmp_path, tokenizer_path, datasets, "--cleaning.near_dedup", "false")
+
+    sft, preferences = reports["sft"], reports["preferences"]
+    assert [(s["format"], s["detected"], s["rows_loaded"]) for s in sft["sources"]] == [
+        ("messages", True, 3),
+        ("sharegpt", True, 1),
+    ]
+    assert dropped(sft) == {"duplicate": 2}
+    duplicates = sft["splits"]["train"]["dropped"]["duplicate"]["examples"]
+    assert duplicates[0]["where"].endswith("chat.jsonl.gz, line 3")
+    assert duplicates[0]["detail"].endswith("chat.jsonl.gz, line 1")
+    assert duplicates[1]["where"].endswith("share.jsonl.zst, line 1")
+    assert [(s["format"], s["rows_loaded"]) for s in preferences["sources"]] == [("preferences", 5)]
+    identical = preferences["splits"]["train"]["dropped"]["identical_pair"]
+    assert identical["count"] == 1 and identical["examples"][0]["where"].endswith(
+        "train-00001-of-00002.parquet, row 2"
+    )
+    assert_trainable(tmp_path / "out" / "sft", "messages", tokenizer, ("train",))
+    assert_trainable(tmp_path / "out" / "preferences", "preferences", tokenizer, ("train",))
+    assert len(rows(tmp_path / "out" / "preferences" / "train.jsonl")) == 4

@@ -1,0 +1,275 @@
+"""Sources: finding a source's files (or its Hub id), reading them with `datasets`, detecting their format, converting
+every record into the output kind; a malformed record is named by its file and line (`files.locate`).
+
+Local files: `.jsonl` `.json` `.csv` `.parquet` `.txt` `.md`; JSON and JSON Lines also compressed as `.gz`, `.bz2`,
+`.xz` or `.zst` (how HH-RLHF and most corpora ship; `datasets` reads them natively, zstd through `zstandard`); a
+folder (every file in it); or a glob (`data/train-*.parquet`: the shards of one table). Anything else that looks like
+`org/name` is a Hub dataset id.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..cli import UserError
+from ..config import Origin
+from .config import SourceConfig
+from .files import COMPRESSIONS, EXTENSIONS, SUPPORTED, builder_of, load_problem, locate
+from .formats import (
+    FEATURES,
+    FIELDS,
+    FORMATS,
+    ROLE_ALIASES,
+    RecordError,
+    convert,
+    detect_format,
+    empty_record,
+    prompt_response_columns,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Source:
+    """One configured source, found: its config, its key in the YAML, its index in its group, its local files (None
+    for a Hub dataset) and the `datasets` builder that reads them."""
+
+    config: SourceConfig
+    key: str
+    index: int
+    files: list[Path] | None
+    builder: str
+
+    @property
+    def name(self) -> str:
+        """How messages name it: the file itself when there is one, else the configured path or id."""
+        return str(self.files[0]) if self.files and len(self.files) == 1 else self.config.path
+
+
+@dataclass
+class Loaded(Source):
+    """A source after loading and conversion: its rows as `FIELDS[kind]` + `_source`, `_row`, `_error` columns."""
+
+    fmt: str = ""
+    detected: bool = False
+    rows: int = 0
+    dataset: object = None
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    flags = (os.environ.get(v, "").upper() for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return bool(constants.HF_HUB_OFFLINE) or any(f in ("1", "ON", "YES", "TRUE") for f in flags)
+
+
+def find(config: SourceConfig, key: str, where: Origin, index: int) -> Source:
+    """The local files of a source and their builder, or a Hub dataset id (files None, builder "hub")."""
+    path = Path(config.path).expanduser()
+    if any(ch in config.path for ch in "*?["):
+        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+        if not files:
+            raise UserError(f"the pattern {config.path} ({key}.path {where(key)}) matches no file; fix the path.")
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.parts))
+        if not files:
+            raise UserError(
+                f"the folder {config.path} ({key}.path {where(key)}) has no data files; add some or fix the path."
+            )
+    elif path.is_file():
+        files = [path]
+    elif re.fullmatch(r"[\w.-]+(/[\w.-]+)?", config.path) and path.suffix.lower() not in (*EXTENSIONS, *COMPRESSIONS):
+        return Source(config, key, index, None, "hub")
+    else:
+        raise UserError(f"the source {config.path} ({key}.path {where(key)}) does not exist; fix the path.")
+    for file in files:
+        if builder_of(file) is None:
+            extension = "".join(file.suffixes[-2:]) if file.suffix.lower() in COMPRESSIONS else file.suffix
+            raise UserError(
+                f"{file} ({key}.path {where(key)}) has the unsupported extension '{extension}'; use {SUPPORTED}."
+            )
+    builders = sorted({builder_of(f) for f in files})
+    if len(builders) > 1:
+        raise UserError(
+            f"{config.path} ({key}.path {where(key)}) mixes {' and '.join(builders)} files; "
+            "give each kind of file its own source."
+        )
+    return Source(config, key, index, files, builders[0])
+
+
+# ---------------------------------------------------------------------------------------------- reading, converting
+def worker_count(num_proc: int | None, dataset) -> int | None:
+    """`num_proc` for a `datasets.map` over `dataset` (null in the config: all cores from 20k rows up)."""
+    if num_proc is not None:
+        return num_proc if num_proc > 1 else None
+    return os.cpu_count() if len(dataset) >= 20_000 and (os.cpu_count() or 1) > 1 else None
+
+
+def fresh_fingerprint(*parts) -> str:
+    """A fingerprint no earlier run has used: every map of a run is computed, never taken from a cache."""
+    return hashlib.sha256(repr((parts, time.time_ns())).encode()).hexdigest()[:16]
+
+
+def read(source: Source, where: Origin, cache_dir: str):
+    """The source as one `datasets.Dataset`, its columns as the files have them; a failure names the line."""
+    from datasets import Features, Value, load_dataset
+
+    config, key = source.config, source.key
+    if source.files is None:
+        if _offline():
+            raise UserError(
+                f"the source {config.path} ({key}.path {where(key)}) is not a local file or folder, and as a Hub dataset "
+                "id it cannot be downloaded while HF_HUB_OFFLINE is set; fix the path or point it at a local copy."
+            )
+        try:
+            return load_dataset(config.path, config.subset, split=config.split)
+        except Exception as error:  # any Hub failure is the user's to fix (id, split, network, auth)
+            message = " ".join(str(error).split())[:300]
+            raise UserError(f"cannot load the Hub dataset {config.path} ({key} {where(key)}): {message}.") from None
+    files, builder = source.files, source.builder
+    kwargs = {"data_files": [str(f) for f in files], "split": "train", "cache_dir": cache_dir}
+    if builder == "text":
+        kwargs["sample_by"] = config.text_unit
+    if builder == "csv":  # every cell a string ("42" stays "42"); empty cells are "" rather than NaN
+        try:
+            with open(files[0], encoding="utf-8", newline="") as handle:
+                header = next(csv.reader(handle))
+        except (StopIteration, UnicodeDecodeError, csv.Error):
+            problem = load_problem(files, builder, config.text_unit) or f"{files[0]} has no header row"
+            raise UserError(problem + ".") from None
+        kwargs.update(features=Features({c: Value("string") for c in header}), keep_default_na=False)
+    try:
+        return load_dataset(builder, **kwargs)
+    except Exception as error:  # find the line that broke it, else report the library's words
+        problem = load_problem(files, builder, config.text_unit)
+        if problem:
+            raise UserError(problem + ".") from None
+        message = " ".join(str(error).split())[:300] or type(error).__name__
+        raise UserError(f"cannot read {config.path} ({key} {where(key)}): {message}; check the file format.") from None
+
+
+def _convert_batch(batch: dict, indices: list[int], *, fmt: str, kind: str, roles: dict, source_index: int) -> dict:
+    out = {f: [] for f in FIELDS[kind]}
+    errors = []
+    for i in range(len(indices)):
+        record = {column: values[i] for column, values in batch.items()}
+        try:
+            converted, error = convert(record, fmt, kind, roles), None
+        except RecordError as problem:
+            converted, error = empty_record(kind), str(problem)
+        for f in FIELDS[kind]:
+            out[f].append(converted[f])
+        errors.append(error)
+    return {**out, "_source": [source_index] * len(indices), "_row": list(indices), "_error": errors}
+
+
+def load_source(
+    config: SourceConfig,
+    key: str,
+    where: Origin,
+    *,
+    index: int,
+    kind: str | None,
+    cache_dir: str,
+    num_proc: int | None,
+) -> Loaded:
+    """Find, read and convert one source into `kind` (None: its format's natural kind); bad data is a UserError."""
+    source = find(config, key, where, index)
+    dataset = read(source, where, cache_dir)
+    try:
+        return convert_source(source, dataset, kind=kind, where=where, num_proc=num_proc)
+    except UnicodeDecodeError:  # pyarrow's JSON reader keeps invalid UTF-8 until a string is decoded
+        problem = load_problem(source.files, source.builder, config.text_unit) if source.files else None
+        raise UserError((problem or f"{config.path} ({key}) holds bytes that are not valid UTF-8") + ".") from None
+
+
+def _standard_columns(source: Source, dataset, where: Origin):
+    """Rename the source's own columns to the standard fields its `columns:` maps them to."""
+    for standard, column in source.config.columns.items():
+        if column not in dataset.column_names:
+            raise UserError(
+                f"{source.name} has no column '{column}' ({source.key}.columns.{standard} {where(source.key)}); its "
+                f"columns are {', '.join(dataset.column_names)}."
+            )
+        if standard in dataset.column_names and standard != column:
+            dataset = dataset.remove_columns(standard)
+        if standard != column:
+            dataset = dataset.rename_column(column, standard)
+    return dataset
+
+
+def convert_source(source: Source, dataset, *, kind: str | None, where: Origin, num_proc: int | None) -> Loaded:
+    """Detect the format of a read source (unless configured) and convert every row into `kind`."""
+    from datasets import Features, Value
+
+    config, key, name = source.config, source.key, source.name
+    if len(dataset) == 0:
+        raise UserError(f"{name} ({key} {where(key)}) has no records; add some or remove the source.")
+    if config.max_rows is not None:
+        dataset = dataset.select(range(min(config.max_rows, len(dataset))))
+    dataset = _standard_columns(source, dataset, where)
+    fmt, detected = config.format, config.format == "auto"
+    if detected:
+        fmt = detect_format(dataset.column_names, dataset[0])
+        if fmt is None:
+            raise UserError(
+                f"cannot tell the format of {name} from its columns ({', '.join(dataset.column_names)}); "
+                f"set {key}.format {where(key)} to one of {', '.join(FORMATS)} (and `columns:` if needed)."
+            )
+        logger.info("%s: detected format '%s' (columns: %s)", name, fmt, ", ".join(dataset.column_names))
+    if fmt == "prompt_response":
+        pair = prompt_response_columns(dataset.column_names)
+        if pair and pair != ("prompt", "response"):
+            dataset = dataset.rename_columns({pair[0]: "prompt", pair[1]: "response"})
+    kind = kind or FORMATS[fmt][2][0]
+    if kind not in FORMATS[fmt][2]:
+        raise UserError(
+            f"{name} is in format '{fmt}', which cannot become '{kind}' records ({key} {where(key)}); "
+            f"it can become: {', '.join(FORMATS[fmt][2])}."
+        )
+    loaded = Loaded(**vars(source), fmt=fmt, detected=detected, rows=len(dataset))
+    missing = [c for c in FORMATS[fmt][0] if c not in dataset.column_names]
+    if missing:
+        raise UserError(
+            f"{locate(loaded, {0})[0]}: field '{missing[0]}' is missing (format '{fmt}' needs "
+            f"{', '.join(FORMATS[fmt][0])}; the columns are {', '.join(dataset.column_names)})."
+        )
+    features = Features(
+        {**FEATURES[kind], "_source": Value("int32"), "_row": Value("int64"), "_error": Value("string")}
+    )
+    loaded.dataset = dataset.map(
+        _convert_batch,
+        batched=True,
+        with_indices=True,
+        remove_columns=dataset.column_names,
+        features=features,
+        fn_kwargs={"fmt": fmt, "kind": kind, "roles": {**ROLE_ALIASES, **config.roles}, "source_index": source.index},
+        num_proc=worker_count(num_proc, dataset),
+        load_from_cache_file=False,
+        new_fingerprint=fresh_fingerprint(key, "convert", len(dataset)),
+        desc=f"convert {name}",
+    )
+    return loaded
+
+
+def check_invalid(loaded: Loaded, on_invalid: str) -> int:
+    """The number of malformed records (on_invalid: drop), or a UserError naming file, line and field of the first."""
+    errors = loaded.dataset["_error"][:]
+    first = next((i for i, e in enumerate(errors) if e is not None), None)
+    if first is None:
+        return 0
+    if on_invalid == "drop":
+        return sum(e is not None for e in errors)
+    raise UserError(
+        f"{locate(loaded, {first})[first]}: {errors[first]}; fix the record, or set on_invalid: drop to count and "
+        "skip such records."
+    )
