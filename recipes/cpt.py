@@ -2,14 +2,41 @@
 
     python recipes/cpt.py --config configs/smollm2-135m/cpt.yaml [--max_steps 5] [--load_in_4bit true]
 
-The same TRL SFTTrainer as recipes/sft.py, on a `text` column with `packing: true` (set in the YAML): no chat
-template, loss on every token. Only the stage name and the expected column differ, so the SFT recipe's `main` runs it.
+TRL's SFTTrainer on a `text` column with `packing: true` (set in the YAML): no chat template, loss on every token,
+documents joined with EOS between them and cut into full rows, so no step is spent on padding.
 """
 
-from sft import main
-from trl import ModelConfig, ScriptArguments, SFTConfig
+from transformers import set_seed
+from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, get_peft_config
 
-from rlhf_recipes import cli
+from rlhf_recipes import cli, stages
+from rlhf_recipes.models import load_tokenizer
+from rlhf_recipes.train import common
+
+STAGE = stages.for_recipe(__file__)
+
+
+def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> dict:
+    set_seed(training_args.seed)  # LoRA's A matrices start random
+
+    # Model: a Hub id, a folder or the embedded default
+    model_path = common.prepare_model(model_args.model_name_or_path, STAGE)
+    training_args.model_init_kwargs = common.model_init_kwargs(model_args)
+
+    # Data: {"text": str} documents
+    train_dataset, eval_dataset = common.load_splits(script_args, training_args, STAGE)
+
+    # Trainer
+    trainer = SFTTrainer(
+        model=model_path,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=load_tokenizer(model_path),
+        peft_config=get_peft_config(model_args),
+    )
+    return common.train_and_save(trainer, STAGE, model_args, script_args, training_args)
+
 
 if __name__ == "__main__":
-    cli.run(lambda: main(*cli.parse_config((ScriptArguments, SFTConfig, ModelConfig)), stage="cpt"))
+    cli.run_recipe(__file__, main)

@@ -5,16 +5,17 @@
 `model_name_or_path` is the SFT output (policy, and reference with the LoRA adapter disabled); `reward_model_path`
 is the reward stage's output (reward model, and the value model's initialisation). With `use_peft` the value model
 trains through LoRA too; `load_in_4bit`, `reward_model_load_in_4bit` and `value_model_load_in_4bit` put the policy's,
-the reward model's and the value model's frozen weights in 4-bit. KL coefficient, response length, batch sizes and
-PPO epochs all live in the YAML.
+the reward model's and the value model's frozen weights in 4-bit. The reward is read as the reward model learned it
+(rlhf_recipes/scoring.py), log-probs are float32, and a killed run resumes from its last checkpoint.
 """
 
 from transformers import AutoModelForCausalLM, set_seed
 from trl import ModelConfig, ScriptArguments, get_peft_config
 
-from rlhf_recipes import cli, training
-from rlhf_recipes.models import CAUSAL_LM, REWARD_MODEL, load_tokenizer
-from rlhf_recipes.ppo import (
+from rlhf_recipes import cli, stages
+from rlhf_recipes.models import load_tokenizer
+from rlhf_recipes.train import common, rl
+from rlhf_recipes.train.ppo import (
     PPOConfig,
     PPOTrainer,
     add_value_adapter,
@@ -24,16 +25,22 @@ from rlhf_recipes.ppo import (
     tokenize_prompts,
 )
 
+STAGE = stages.for_recipe(__file__)
+KEY_SETTINGS = ("kl_coef", "kl_estimator", "response_length", "temperature", "total_episodes", "num_ppo_epochs",
+                "learning_rate", "cliprange", "vf_coef", "missing_eos_penalty")  # fmt: skip
+
 
 def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: ModelConfig) -> dict:
-    set_seed(training_args.seed)  # LoRA's A matrices and a new score head start random
+    set_seed(training_args.seed)  # LoRA's A matrices start random
     check_model_options(training_args, model_args)
+    common.refuse_half_precision_full_fine_tune(model_args)
+    accuracy = rl.check_reward_model(training_args.reward_model_path, training_args.min_reward_accuracy)
 
     # Models: policy (+ adapter-disabled reference) from SFT; reward and value models from the reward stage
-    policy_path = training.prepare_model(model_args.model_name_or_path, CAUSAL_LM)
-    reward_path = training.prepare_model(training_args.reward_model_path, REWARD_MODEL, key="reward_model_path")
+    policy_path = common.prepare_model(model_args.model_name_or_path, STAGE)
+    reward_path = common.prepare_model(training_args.reward_model_path, STAGE, key="reward_model_path")
     tokenizer = load_tokenizer(policy_path, padding_side="left")
-    init_kwargs = training.model_init_kwargs(model_args)
+    init_kwargs = common.model_init_kwargs(model_args)
     policy = AutoModelForCausalLM.from_pretrained(policy_path, **init_kwargs)
     peft_config = get_peft_config(model_args)
     ref_policy = None if peft_config else AutoModelForCausalLM.from_pretrained(policy_path, **init_kwargs)
@@ -44,7 +51,7 @@ def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: Mod
 
     # Data: {"prompt": [messages]} rows, tokenized up to the assistant's turn
     training_args.eval_strategy = "no"
-    train_dataset, _ = training.load_splits(script_args, training_args, columns=("prompt",))
+    train_dataset, _ = common.load_splits(script_args, training_args, STAGE)
     train_dataset = tokenize_prompts(train_dataset, tokenizer, training_args.dataset_num_proc)
     eval_dataset = train_dataset.select(range(min(len(train_dataset), training_args.per_device_eval_batch_size)))
 
@@ -60,16 +67,9 @@ def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: Mod
         eval_dataset=eval_dataset,
         peft_config=peft_config,
     )
-    return training.train_and_save(
-        trainer,
-        stage="ppo",
-        model_kind=CAUSAL_LM,
-        model_args=model_args,
-        script_args=script_args,
-        training_args=training_args,
-        metrics_fn=final_metrics,
-    )
+    extra = rl.algorithm("ppo", training_args, KEY_SETTINGS, accuracy)
+    return common.train_and_save(trainer, STAGE, model_args, script_args, training_args, final_metrics, extra)
 
 
 if __name__ == "__main__":
-    cli.run(lambda: main(*cli.parse_config((ScriptArguments, PPOConfig, ModelConfig))))
+    cli.run_recipe(__file__, main)

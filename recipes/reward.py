@@ -3,31 +3,36 @@
     python recipes/reward.py --config configs/smollm2-135m/reward.yaml [--max_steps 5] [--load_in_4bit true]
 
 With `use_peft` the LoRA adapter is a `SEQ_CLS` one (`lora_task_type: SEQ_CLS`), which also trains and saves the new
-`score` head. RewardTrainer logs pairwise accuracy (`eval_accuracy`) on the test split.
+`score` head. RewardTrainer logs pairwise accuracy (`eval_accuracy`) on the test split. Pairs longer than
+`max_length` are counted before training (RewardTrainer drops them).
 """
 
 from transformers import set_seed
 from trl import ModelConfig, ScriptArguments, get_peft_config, get_quantization_config
 
-from rlhf_recipes import cli, training
-from rlhf_recipes.models import CAUSAL_LM, REWARD_MODEL, load_tokenizer
-from rlhf_recipes.reward import RewardConfig, RewardTrainer
+from rlhf_recipes import cli, stages
+from rlhf_recipes.models import load_tokenizer
+from rlhf_recipes.train import common
+from rlhf_recipes.train.reward import RewardConfig, RewardTrainer, check_pair_lengths
+
+STAGE = stages.for_recipe(__file__)
 
 
 def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: ModelConfig) -> dict:
-    set_seed(training_args.seed)  # LoRA's A matrices and a new score head start random
+    set_seed(training_args.seed)  # LoRA's A matrices and the new score head start random
 
     # Model: a causal LM (usually the SFT stage's output) that gets a one-output score head
-    model_path = training.prepare_model(model_args.model_name_or_path, CAUSAL_LM)
     if model_args.use_peft and model_args.lora_task_type != "SEQ_CLS":
         raise cli.UserError("reward models need `lora_task_type: SEQ_CLS` with `use_peft: true`; set it in the YAML.")
+    model_path = common.prepare_model(model_args.model_name_or_path, STAGE)
     tokenizer = load_tokenizer(model_path)
-    init_kwargs = training.model_init_kwargs(model_args)
+    init_kwargs = common.model_init_kwargs(model_args)
     init_kwargs.pop("quantization_config", None)  # RewardTrainer takes it as its own argument
     training_args.model_init_kwargs = init_kwargs
 
-    # Data: {"prompt", "chosen", "rejected"} pairs, conversational or plain text
-    train_dataset, eval_dataset = training.load_splits(script_args, training_args, columns=("chosen", "rejected"))
+    # Data: {"prompt", "chosen", "rejected"} pairs, conversational or plain text; pairs over max_length counted
+    train_dataset, eval_dataset = common.load_splits(script_args, training_args, STAGE)
+    check_pair_lengths(train_dataset, tokenizer, training_args, script_args.dataset_name)
 
     # Trainer
     trainer = RewardTrainer(
@@ -39,15 +44,8 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
         peft_config=get_peft_config(model_args),
         quantization_config=get_quantization_config(model_args),
     )
-    return training.train_and_save(
-        trainer,
-        stage="reward",
-        model_kind=REWARD_MODEL,
-        model_args=model_args,
-        script_args=script_args,
-        training_args=training_args,
-    )
+    return common.train_and_save(trainer, STAGE, model_args, script_args, training_args)
 
 
 if __name__ == "__main__":
-    cli.run(lambda: main(*cli.parse_config((ScriptArguments, RewardConfig, ModelConfig))))
+    cli.run_recipe(__file__, main)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import logging
-import re
 import sys
 from collections.abc import Callable, Iterable
 
@@ -25,51 +24,49 @@ def run(main: Callable[[], object]) -> None:
         sys.exit(2)
 
 
-def _known_keys(parser) -> list[str]:
-    return sorted({action.dest for action in parser._actions if action.dest != "help"})
-
-
 def suggest(key: str, known: list[str]) -> str:
+    """The "did you mean" of every unknown-name error in the project."""
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
     return f"; did you mean '{close[0]}'?" if close else "; remove it or check the spelling against `--help`."
 
 
-def parse_config(dataclass_types: Iterable[type], args: list[str] | None = None) -> tuple:
-    """Parse `--config FILE.yaml` plus command-line overrides into dataclasses; any unknown key is a UserError.
+def parse_config(
+    dataclass_types: Iterable[type], args: list[str] | None = None, stage=None, check_paths: bool = True
+) -> tuple:
+    """Parse `--config FILE.yaml` plus command-line overrides into TRL-style dataclasses (`config.load_flat`).
 
-    `TrlParser` already rejects unknown YAML keys and `HfArgumentParser` unknown flags; this turns their exceptions
-    into one sentence that names the file and the key, with the closest known key when there is one.
+    Unknown keys and mistyped values are one sentence naming the file or the command line; `bf16: auto` (also the
+    default when the key is absent) and `dtype: compute` are resolved for this machine (`precision.py`) and the
+    choice is logged and kept on the parsed training arguments as `precision` (lineage.json records it).
     """
-    import yaml
-    from trl import TrlParser
+    from . import precision as precision_module
+    from .config import flat_hints, load_flat
 
-    parser = TrlParser(list(dataclass_types))
-    args = list(sys.argv[1:] if args is None else args)
-    config_path = (
-        args[args.index("--config") + 1] if "--config" in args and args.index("--config") + 1 < len(args) else None
-    )
-    try:
-        parsed = parser.parse_args_and_config(args)
-    except yaml.YAMLError as error:
-        raise UserError(
-            f"{config_path} is not valid YAML ({' '.join(str(error).split())}); fix the file and rerun."
-        ) from None
-    except FileNotFoundError as error:
-        raise UserError(
-            f"config file {error.filename} does not exist; pass an existing YAML file to --config."
-        ) from None
-    except ValueError as error:
-        message = str(error)
-        unknown = re.findall(r"'--([A-Za-z0-9_.-]+)'", message)
-        if unknown:
-            key = unknown[0]
-            where = (
-                f"in {config_path}"
-                if message.startswith("Unknown arguments from config file")
-                else "on the command line"
-            )
-            raise UserError(f"unknown key '{key}' {where}{suggest(key, _known_keys(parser))}") from None
-        raise UserError(f"invalid configuration{' in ' + config_path if config_path else ''}: {message}") from None
+    chosen = {}
+
+    def resolve(values: dict, where) -> dict:
+        if "bf16" not in hints:
+            return values
+        from .config import coerce
+
+        use_cpu = coerce(bool, values.get("use_cpu", False), "use_cpu", where)
+        try:
+            chosen["precision"] = precision_module.resolve(values.get("bf16", precision_module.AUTO), use_cpu)
+        except ValueError as error:
+            raise UserError(f"key 'bf16' {where('bf16')}: {error}.") from None
+        values = {**values, "bf16": chosen["precision"].bf16}
+        if values.get("dtype") == precision_module.COMPUTE_DTYPE:
+            values["dtype"] = chosen["precision"].dtype
+        return values
+
+    dataclass_types = tuple(dataclass_types)
+    hints = flat_hints(dataclass_types)
+    parsed, where = load_flat(dataclass_types, args, resolve=resolve)
+    if "precision" in chosen:
+        precision_module.log_choice(chosen["precision"])
+        for config in parsed:
+            if hasattr(config, "bf16"):
+                config.precision = chosen["precision"]
     if any(getattr(config, "hub_token", None) for config in parsed):
         # Trainer would pickle it into training_args.bin and every checkpoint; the environment keeps it out of files
         raise UserError("hub_token is refused in configs and flags; set HF_TOKEN or run `hf auth login` instead.")
@@ -83,4 +80,21 @@ def parse_config(dataclass_types: Iterable[type], args: list[str] | None = None)
             )
         if not get_token():
             raise UserError("push_to_hub: true needs a Hub token; set HF_TOKEN or run `hf auth login` first.")
+    from . import validation
+
+    validation.check_values(parsed, where)  # ranges: positive batch sizes, learning rate > 0, ...
+    if stage is not None and check_paths:  # input models exist and are of the right kind; the output is writable
+        validation.check_paths(stage, parsed, where)
     return parsed
+
+
+def run_recipe(recipe_file: str, main: Callable) -> None:
+    """A recipe's entry point: parse the command line with the config classes the registry names for the stage this
+    file runs (`stages.py`), then call `main` with them; user errors are one line and exit code 2."""
+
+    def entry():
+        from . import stages
+
+        return main(*stages.for_recipe(recipe_file).parse_args(sys.argv[1:]))
+
+    run(entry)

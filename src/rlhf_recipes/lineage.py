@@ -10,6 +10,8 @@ Schema (one JSON object):
     data                {"dataset_name", "train_split", "train_rows", "eval_split", "eval_rows"}
     config              every training/model/script argument of the run (JSON-serialisable values)
     metrics             final train/eval metrics of the run
+    precision           the compute precision chosen for the machine and why ({"bf16", "dtype", "reason", ...})
+    algorithm           RL stages: {"name", and its key settings} (KL coefficient, group size, loss type, ...)
     command             the command line that reproduces the run
     versions            the pinned library versions that produced it
 """
@@ -48,7 +50,7 @@ def config_dict(*configs) -> dict:
 
 def command_line() -> str:
     """The command that reproduces this run, with any token value hidden."""
-    from .cards import redact
+    from .publish.cards import redact
 
     return redact(" ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]))
 
@@ -63,6 +65,7 @@ def build_lineage(
     config: dict,
     metrics: dict,
     output_dir: str,
+    extra: dict | None = None,
 ) -> dict:
     parent = read_lineage(model_name_or_path) if Path(model_name_or_path).is_dir() else None
     adapter = None
@@ -87,13 +90,11 @@ def build_lineage(
         "metrics": _jsonable(metrics),
         "command": command_line(),
         "versions": {lib: importlib.metadata.version(lib) for lib in LIBRARIES},
+        **_jsonable(extra or {}),
     }
 
 
 def write_lineage(output_dir: str, lineage: dict) -> Path:
-    path = Path(output_dir) / "lineage.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(lineage, indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    from .fs import atomic_write_json
+
+    return atomic_write_json(Path(output_dir) / "lineage.json", lineage)

@@ -17,11 +17,10 @@ import importlib.metadata
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from .cli import UserError
+from .fs import build_cached
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +32,7 @@ DEFAULT_MODEL = EMBEDDED_PREFIX + "SmolLM2-135M-Instruct"
 CAUSAL_LM = "causal_lm"
 REWARD_MODEL = "reward_model"
 
-_TEMPLATES = Path(__file__).parent / "chat_templates"
+_TEMPLATES = Path(__file__).parent / "assets" / "chat_templates"
 # Chat templates without `{% generation %}` markers that TRL cannot patch, mapped to a training template shipped here
 # that renders byte-identically but marks assistant turns (tests/test_models.py checks both claims).
 _TRAINING_TEMPLATES = {"smollm2.jinja": "smollm2_training.jinja"}
@@ -47,35 +46,14 @@ def cache_dir() -> Path:
 
 
 def _atomic_build(target: Path, build) -> Path:
-    """Build a folder in a temporary sibling and rename it into place, so an interruption never leaves half a cache.
+    """Build a cache folder once (`fs.build_cached`: a file lock, built aside, renamed into place), loading whole
+    models even under DeepSpeed ZeRO-3 while one process builds and the others wait."""
 
-    The processes of a multi-GPU launch all resolve the same model at once: a file lock lets one build it while the
-    others wait and then reuse it (one conversion or merge in memory at a time, not one per GPU).
-    """
-    from filelock import FileLock
+    def build_whole(folder: Path) -> None:
+        with _whole_model_loading():
+            build(folder)
 
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    lock = target.parent / f".{target.name}.lock"
-    try:
-        with FileLock(lock):
-            if target.is_dir():  # built by the process that held the lock before us
-                return target
-            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-            try:
-                with _whole_model_loading():
-                    build(tmp)
-                tmp.chmod(0o755)  # mkdtemp makes it owner-only; a cache is as readable as any checkpoint folder
-                os.replace(tmp, target)  # atomic on one file system; a concurrent builder that won is fine too
-            except OSError:
-                if not target.is_dir():
-                    raise
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-    finally:
-        lock.unlink(missing_ok=True)  # safe once the target exists: a later process returns before locking
-    return target
+    return build_cached(target, build_whole)
 
 
 @contextlib.contextmanager
@@ -213,6 +191,13 @@ def load_tokenizer(model_path: str, **kwargs):
     return tokenizer
 
 
+def cached_on_hub(repo_id: str) -> bool:
+    """Whether a Hub model's config is in the local Hub cache (usable with HF_HUB_OFFLINE)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
 def read_lineage(folder: str | Path) -> dict | None:
     path = Path(folder) / "lineage.json"
     return json.loads(path.read_text()) if path.is_file() else None
@@ -320,3 +305,22 @@ def merged_adapter_path(folder: Path) -> Path:
             (target / "lineage.json").write_text(json.dumps({**lineage, "merged_from": str(folder)}, indent=2))
 
     return _atomic_build(cache_dir() / "merged" / key, build)
+
+
+def clean_generation_config(model, tokenizer, eos_token_id: int | None = None) -> None:
+    """Keep only the stop, pad and start tokens of a checkpoint's generation_config.
+
+    transformers fills every unset sampling field of a `generate` call from the checkpoint's generation_config (a
+    `repetition_penalty` of 1.05 in Qwen2.5-Instruct, say), so answers would be sampled with logits processors that
+    a log-probability computed from the model's own logits never applies. After this, a call samples with exactly
+    the settings it passes.
+    """
+    from transformers import GenerationConfig
+
+    owner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    old = owner.generation_config
+    owner.generation_config = GenerationConfig(
+        eos_token_id=eos_token_id if eos_token_id is not None else tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=old.bos_token_id,
+    )

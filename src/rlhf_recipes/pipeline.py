@@ -1,6 +1,10 @@
 """The whole pipeline as one command: each stage is its own recipe run in a subprocess, exactly as a user would type it.
 
-A manifest (`pipeline_manifest.json` in the output folder) records each stage's hash: its recipe, config file,
+A pipeline YAML lists stages by their registry name (`stage: sft`, see stages.py), each with its YAML and the
+overrides (`args`) that chain it to the stage before. Before anything runs, every stage's full command line is
+parsed the way its recipe will parse it: an unknown stage, key or placeholder is one sentence, not an hour later.
+
+A manifest (`pipeline_manifest.json` in the output folder) records each stage's hash: its recipe, parsed config,
 overrides, input files and the previous stage's hash. On a rerun a finished stage whose hash is unchanged is
 skipped; a changed one reruns with every stage after it; a stage that was interrupted (even by SIGKILL) reruns and
 its recipe resumes from the last checkpoint in its output folder.
@@ -11,74 +15,162 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
-import subprocess
+import string
 import sys
-import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
-import yaml
-
+from . import fs, stages
 from .cli import UserError, suggest
+from .config import Origin, Text, build, read_yaml, split_argv
+from .models import DEFAULT_MODEL
 
 MANIFEST = "pipeline_manifest.json"
+PLACEHOLDERS = ("output_dir", "model")
+RUN_OPTIONS = ("stages", "force")  # command-line options of a run, not config keys
 
 
 @dataclass
-class Stage:
-    name: str
-    recipe: str
-    config: str | None = None
-    output: str | None = None  # the stage's output folder, passed as --<output_arg>
-    output_arg: str = "output_dir"
-    args: dict = field(default_factory=dict)  # command-line overrides of the stage's YAML
-    inputs: list = field(default_factory=list)  # files or folders whose content changes the stage's hash
+class StageRun:
+    """One stage of a pipeline: which registered stage, with which YAML and overrides."""
+
+    stage: str = field(metadata={"help": "the registry name of the stage (sft, reward, ppo, ...)"})
+    config: str | None = field(default=None, metadata={"help": "the stage's YAML"})
+    name: str | None = field(default=None, metadata={"help": "this run's name (default: the stage's)"})
+    output: str | None = field(default=None, metadata={"help": "its output folder (default: {output_dir}/<name>)"})
+    args: dict[str, Any] = field(default_factory=dict, metadata={"help": "overrides of single keys of its YAML"})
+    inputs: list[str] = field(default_factory=list, metadata={"help": "files whose content changes its hash"})
+    expected_seconds: float | None = field(default=None, metadata={"help": "its wall time where it was measured"})
+
+    @property
+    def spec(self) -> stages.Stage:
+        return stages.get(self.stage)
 
 
 @dataclass
 class PipelineConfig:
-    output_dir: str
-    stages: list[Stage]
-    model: str = "embedded:SmolLM2-135M-Instruct"  # the base model: `{model}` in stage arguments
+    output_dir: str = field(metadata={"help": "every stage writes below it"})
+    stages: list[StageRun] = field(metadata={"help": "the stages, in order"})
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "the base model: {model} in stage arguments"})
+    precision: Literal["auto", "bf16", "float32"] = field(
+        default="auto", metadata={"help": "auto: each stage's own bf16 setting; bf16 / float32: forced on every stage"}
+    )
+    expected_at_gflops: float | None = field(
+        default=None, metadata={"help": "float32 matmul GFLOP/s of the machine where expected_seconds were measured"}
+    )
 
 
-def _strict(cls, raw: dict, where: str):
-    if not isinstance(raw, dict):
-        raise UserError(f"{where} must be a mapping of keys to values.")
-    known = [f.name for f in fields(cls)]
-    for key in raw:
-        if key not in known:
-            raise UserError(f"unknown key '{key}' in {where}{suggest(key, known)}")
-    return raw
+def _fill(text, variables: dict, where: str):
+    """`{output_dir}` and `{model}` filled in; any other placeholder is one sentence."""
+    if not isinstance(text, str):
+        return text
+    for _, name, _, _ in string.Formatter().parse(text):
+        if name is not None and name not in variables:
+            raise UserError(f"{where} uses the placeholder {{{name}}}; the known ones are {{output_dir}} and {{model}}.")
+    return text.format(**variables)
 
 
-def load_pipeline_config(path: str | Path, overrides: dict | None = None) -> PipelineConfig:
-    """Read a pipeline YAML strictly: unknown keys fail, `{output_dir}` and `{model}` are filled in."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"pipeline config {path} does not exist.")
+def parse_argv(argv: list[str] | None = None) -> tuple[PipelineConfig, dict]:
+    """The pipeline config from `--config FILE` and overrides: `--output_dir`, `--model`, `--precision` for the
+    pipeline, `--STAGE.KEY VALUE` (or `--set STAGE.KEY=VALUE`) for one key of one stage, plus the run options
+    `--stages a,b` and `--force`. Every stage's command is then parsed as its recipe will parse it."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    path, overrides = split_argv(argv)
+    if path is None:
+        raise UserError("--config is required: pass a pipeline YAML, e.g. --config configs/smollm2-135m/pipeline.yaml.")
+    raw = read_yaml(path)
+    options, stage_overrides, top = {"stages": None, "force": False}, [], {}
+    for key, value in overrides:
+        if key == "set":
+            for item in value if isinstance(value, list) else [value]:
+                dotted, equals, text = str(item).partition("=")
+                if not equals or "." not in dotted:
+                    raise UserError(f"--set {item} must look like STAGE.KEY=VALUE.")
+                stage_overrides.append((dotted, Text(text)))
+        elif key in RUN_OPTIONS:
+            options[key] = value
+        elif "." in key:
+            stage_overrides.append((key, value))
+        else:
+            top[key] = value
+    where = Origin(path, set(top))
+    config = build(PipelineConfig, {**raw, **top}, "", where)
+    variables = {"output_dir": config.output_dir, "model": config.model}
+    by_name = {}
+    for index, run in enumerate(config.stages):
+        label = f"{path}, stage {index + 1} ({run.stage})"
+        stages.get(run.stage)  # an unknown stage name: one sentence with the valid ones
+        run.name = run.name or run.stage
+        if run.name in by_name:
+            raise UserError(f"{path} has two stages named '{run.name}'; give one a `name:`.")
+        by_name[run.name] = run
+        run.config = _fill(run.config, variables, label)
+        if run.config and not Path(run.config).is_file():
+            raise UserError(f"{label} names config {run.config}, which does not exist.")
+        run.output = _fill(run.output or "{output_dir}/" + run.name, variables, label)
+        run.args = {k: _fill(v, variables, f"{label}, args.{k}") for k, v in run.args.items()}
+    for dotted, value in stage_overrides:
+        name, _, key = dotted.partition(".")
+        if name not in by_name:
+            raise UserError(f"--{dotted}: there is no stage '{name}' in {path}{suggest(name, list(by_name))}")
+        by_name[name].args[key] = value
+    only = options["stages"]
+    only = [s.strip() for s in (only if isinstance(only, list) else str(only).split(",")) if s.strip()] if only else []
+    for name in only:
+        if name not in by_name:
+            raise UserError(f"--stages names '{name}', which is not a stage of {path}{suggest(name, list(by_name))}")
+    for run in config.stages:
+        check_command(config, run)
+    return config, {"only": only or None, "force": options["force"] is True or str(options["force"]) == "true"}
+
+
+def _value_text(value) -> list[str]:
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    if isinstance(value, bool):
+        return ["true" if value else "false"]
+    return [str(value)]
+
+
+def stage_args(config: PipelineConfig, run: StageRun) -> list[str]:
+    """The command-line arguments of one stage: its YAML, its output folder, its overrides, the forced precision."""
+    argv = ["--config", run.config] if run.config else []
+    spec = run.spec
+    argv += [f"--{spec.output_key}", run.output]
+    args = dict(run.args)
+    if config.precision != "auto" and spec.parse is None and "bf16" in _keys(spec) and "bf16" not in args:
+        args["bf16"] = config.precision == "bf16"
+        if "dtype" in _keys(spec) and "dtype" not in args and _yaml_value(run, "dtype") == "compute":
+            args["dtype"] = "bfloat16" if config.precision == "bf16" else "float32"
+    for key, value in args.items():
+        argv += [f"--{key}", *_value_text(value)]
+    return argv
+
+
+def _keys(spec) -> set[str]:
+    from .config import flat_hints
+
+    return set(flat_hints(spec.config_types()))
+
+
+def _yaml_value(run: StageRun, key: str):
+    return read_yaml(run.config).get(key) if run.config else None
+
+
+def command(config: PipelineConfig, run: StageRun) -> list[str]:
+    return [sys.executable, str(run.spec.recipe_path), *stage_args(config, run)]
+
+
+def check_command(config: PipelineConfig, run: StageRun) -> None:
+    """Parse a stage's command as its recipe will (keys, types, ranges), without requiring earlier outputs."""
+    spec = run.spec
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise UserError(f"{path} is not valid YAML ({' '.join(str(error).split())}).") from None
-    raw = {**_strict(PipelineConfig, raw, str(path)), **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    if "output_dir" not in raw or not raw.get("stages"):
-        raise UserError(f"{path} needs `output_dir` and a non-empty `stages` list.")
-    variables = {"output_dir": raw["output_dir"], "model": raw.get("model", PipelineConfig.model)}
-    stages = []
-    for index, item in enumerate(raw["stages"]):
-        where = f"{path}, stage {index + 1}"
-        stage = Stage(**_strict(Stage, item, where))
-        if not Path(stage.recipe).is_file() or (stage.config and not Path(stage.config).is_file()):
-            raise UserError(f"{where} names a recipe or config that does not exist ({stage.recipe}, {stage.config}).")
-        stage.output = stage.output.format(**variables) if stage.output else None
-        stage.args = {k: str(v).format(**variables) for k, v in stage.args.items()}
-        stages.append(stage)
-    names = [s.name for s in stages]
-    if len(set(names)) != len(names):
-        raise UserError(f"{path} has two stages with the same name; names must be unique: {names}.")
-    return PipelineConfig(output_dir=raw["output_dir"], stages=stages, model=variables["model"])
+        spec.parse_args(stage_args(config, run), check_paths=False)
+    except UserError as error:
+        raise UserError(f"stage '{run.name}' of the pipeline: {error}") from None
 
 
 def _hash_path(digest, path: Path) -> None:
@@ -88,24 +180,15 @@ def _hash_path(digest, path: Path) -> None:
         digest.update(file.read_bytes())
 
 
-def stage_hash(stage: Stage, previous: str) -> str:
+def stage_hash(config: PipelineConfig, run: StageRun, previous: str) -> str:
     digest = hashlib.sha256(previous.encode())
-    digest.update(json.dumps([stage.recipe, stage.output, stage.args], sort_keys=True).encode())
-    if stage.config:  # the parsed settings, so that editing a comment does not rerun a stage
-        digest.update(json.dumps(yaml.safe_load(Path(stage.config).read_text()), sort_keys=True, default=str).encode())
-    for item in stage.inputs:
+    digest.update(json.dumps([str(run.spec.recipe_path), run.output, stage_args(config, run)], default=str).encode())
+    if run.config:  # the parsed settings, so that editing a comment does not rerun a stage
+        digest.update(json.dumps(read_yaml(run.config), sort_keys=True, default=str).encode())
+    for item in run.inputs:
         if Path(item).exists():
             _hash_path(digest, Path(item))
     return digest.hexdigest()[:16]
-
-
-def command(stage: Stage) -> list[str]:
-    argv = [sys.executable, stage.recipe] + (["--config", stage.config] if stage.config else [])
-    if stage.output:
-        argv += [f"--{stage.output_arg}", stage.output]
-    for key, value in stage.args.items():
-        argv += [f"--{key}", value]
-    return argv
 
 
 class Manifest:
@@ -115,28 +198,10 @@ class Manifest:
 
     def record(self, name: str, **entry) -> None:
         self.stages[name] = entry
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"stages": self.stages}, indent=2) + "\n")
-        tmp.replace(self.path)
+        fs.atomic_write_json(self.path, {"stages": self.stages})
 
 
-def _run_logged(argv: list[str], log_path: Path) -> int:
-    """Run a stage with its output shown live (progress bars included) and kept in a log file."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with (
-        open(log_path, "wb") as log,
-        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env) as proc,
-    ):
-        for chunk in iter(lambda: proc.stdout.read1(4096), b""):
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.flush()
-            log.write(chunk)
-        return proc.wait()
-
-
-def _set_aside(output: Path) -> None:
+def set_aside(output: Path) -> None:
     """Move a stale stage output (made by this pipeline with other settings) to `<name>.stale`, replacing an older one."""
     stale = output.with_name(output.name + ".stale")
     if stale.exists():
@@ -145,56 +210,96 @@ def _set_aside(output: Path) -> None:
     print(f"   {output} was made with other settings: moved to {stale}")
 
 
+PROGRESS = re.compile(rb"\[progress\] stage=(\S+) step=(\d+)/(\d+) elapsed=([\d.]+) eta=([\d.]+)")
+
+
+def os_environ() -> dict:
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def _run_logged(argv: list[str], log_path: Path, on_progress) -> int:
+    """Run a stage with its output shown live (progress bars included) and kept in a log file; `[progress]` lines
+    the stage prints (progress.py) go to `on_progress`."""
+    import subprocess
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    pending = b""
+    with (
+        open(log_path, "wb") as log,
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os_environ()) as proc,
+    ):
+        try:
+            for chunk in iter(lambda: proc.stdout.read1(4096), b""):
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+                log.write(chunk)
+                pending = (pending + chunk)[-4096:]
+                for match in PROGRESS.finditer(pending):
+                    on_progress(*(group.decode() for group in match.groups()))
+                    pending = pending[match.end() :]
+        except KeyboardInterrupt:
+            proc.terminate()
+            proc.wait()
+            raise
+        return proc.wait()
+
+
 def run_pipeline(config: PipelineConfig, only: list[str] | None = None, force: bool = False) -> list[dict]:
     """Run (or skip) every stage in order; return one summary row per stage."""
+    from .progress import PipelineClock
+
     output_dir = Path(config.output_dir)
+    if output_dir.exists():
+        fs.check_output_folder(output_dir, "output_dir", "of the pipeline", what="pipeline")
     manifest = Manifest(output_dir)
-    previous, rows, started = "", [], time.time()
-    for number, stage in enumerate(config.stages, 1):
-        digest = stage_hash(stage, previous)
+    clock = PipelineClock(config, only, manifest)
+    previous, rows = "", []
+    for number, run in enumerate(config.stages, 1):
+        digest = stage_hash(config, run, previous)
         previous = digest
-        entry = manifest.stages.get(stage.name, {})
-        output = Path(stage.output) if stage.output else None
-        banner = f"━━ [{number}/{len(config.stages)}] {stage.name} ━━ elapsed {time.time() - started:,.0f} s"
-        done = entry.get("hash") == digest and entry.get("status") == "done" and (output is None or output.exists())
-        if (done and not force) or (only and stage.name not in only):
+        entry = manifest.stages.get(run.name, {})
+        output = Path(run.output)
+        banner = f"━━ [{number}/{len(config.stages)}] {run.name} ━━ elapsed {clock.elapsed():,.0f} s"
+        done = entry.get("hash") == digest and entry.get("status") == "done" and output.exists()
+        if (done and not force) or (only and run.name not in only):
             print(f"{banner} · skipped ({'unchanged' if done else 'not selected'})", flush=True)
-            rows.append({"stage": stage.name, "status": "skipped", "seconds": entry.get("seconds")})
+            rows.append({"stage": run.name, "status": "skipped", "seconds": entry.get("seconds")})
+            clock.skipped(run)
             continue
-        print(f"{banner}\n   {' '.join(command(stage))}", flush=True)
-        if output is not None and output.exists() and entry.get("hash") != digest:
+        print(f"{banner} · {clock.forecast(run)}\n   {' '.join(command(config, run))}", flush=True)
+        if output.exists() and entry.get("hash") != digest:
             if not entry:
-                raise UserError(
-                    f"{output} exists but this pipeline did not make it; move it away or change output_dir."
-                )
-            _set_aside(output)
-        manifest.record(stage.name, hash=digest, status="running")
-        stage_started = time.time()
-        code = _run_logged(command(stage), output_dir / "logs" / f"{stage.name}.log")
-        seconds = round(time.time() - stage_started, 1)
-        if code != 0:
-            manifest.record(stage.name, hash=digest, status="failed", seconds=seconds)
+                raise UserError(f"{output} exists but this pipeline did not make it; move it away or change output_dir.")
+            set_aside(output)
+        manifest.record(run.name, hash=digest, status="running")
+        clock.start(run)
+        try:
+            code = _run_logged(command(config, run), output_dir / "logs" / f"{run.name}.log", clock.progress)
+        except KeyboardInterrupt:
+            manifest.record(run.name, hash=digest, status="interrupted")
             raise UserError(
-                f"stage '{stage.name}' failed (exit code {code}); its log is {output_dir}/logs/{stage.name}.log."
-            )
-        manifest.record(stage.name, hash=digest, status="done", seconds=seconds)
-        rows.append({"stage": stage.name, "status": "ran", "seconds": seconds})
+                f"interrupted during stage '{run.name}'; rerun the same command to resume it from its last "
+                "checkpoint (finished stages are skipped)."
+            ) from None
+        seconds = clock.stop(run)
+        if code != 0:
+            manifest.record(run.name, hash=digest, status="failed", seconds=seconds)
+            raise UserError(f"stage '{run.name}' failed (exit code {code}); its log is {output_dir}/logs/{run.name}.log.")
+        manifest.record(run.name, hash=digest, status="done", seconds=seconds)
+        rows.append({"stage": run.name, "status": "ran", "seconds": seconds})
     return rows
 
 
-def stage_metrics(stage: Stage) -> str:
+def stage_metrics(run: StageRun) -> str:
     """A few headline numbers of a finished stage, from its lineage.json or eval.json."""
-    if not stage.output:
-        return ""
-    folder = Path(stage.output)
+    folder = Path(run.output)
     lineage = folder / "lineage.json"
     keys = ("train_loss", "eval_loss", "eval_accuracy", "objective/scores", "objective/kl", "train_tokens_per_second")
     if lineage.is_file():
         metrics = json.loads(lineage.read_text()).get("metrics", {})
         return ", ".join(f"{k}={metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), int | float))
-    report = folder / "report.json"
-    if report.is_file():
-        return "data report: " + str(report)
+    if (folder / "report.json").is_file():
+        return "data report: " + str(folder / "report.json")
     if (folder / "eval.json").is_file():
         targets = json.loads((folder / "eval.json").read_text())["targets"]
         return f"targets met: {sum(t['met'] is True for t in targets)}/{len(targets)}"
@@ -202,7 +307,7 @@ def stage_metrics(stage: Stage) -> str:
 
 
 def summary(config: PipelineConfig, rows: list[dict]) -> str:
-    by_name = {s.name: s for s in config.stages}
+    by_name = {run.name: run for run in config.stages}
     lines = ["| stage | status | seconds | headline |", "|---|---|---|---|"]
     for row in rows:
         seconds = f"{row['seconds']:.0f}" if row.get("seconds") is not None else ""

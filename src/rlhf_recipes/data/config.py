@@ -18,7 +18,7 @@ from typing import Literal
 
 from ..cli import UserError, suggest
 from ..config import Origin, build, load_nested
-from ..config import _describe as describe_type
+from ..config import describe as describe_type
 from ..models import DEFAULT_MODEL
 from .formats import FORMATS, KINDS, ROLES
 

@@ -28,10 +28,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cli import UserError
+from ..cli import UserError
 
 GIB = 2**30
-KNOWN_MODELS = Path(__file__).parent / "known_models"
+KNOWN_MODELS = Path(__file__).resolve().parents[1] / "assets" / "known_models"
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"  # the source checkout's recipes (not in a wheel)
 TRAINING_STAGES = ("cpt", "sft", "reward", "ppo")
 
@@ -194,7 +194,7 @@ def _config_from_dict(values: dict):
 
 def _load_config(name: str, outputs: dict[str, str] | None = None, depth: int = 0) -> tuple[object, str]:
     """(transformers config, where it came from) for a model name as a recipe would receive it; no weights read."""
-    from .models import EMBEDDED_PREFIX, adapter_base, cache_dir
+    from ..models import EMBEDDED_PREFIX, adapter_base, cache_dir
 
     if depth > 10:
         raise UserError(f"{name}: adapter folders refer to each other in a loop; check their lineage.json.")
@@ -887,7 +887,7 @@ def plan_stage(
     if stage == "ppo":
         if not training_args.reward_model_path:
             raise UserError(f"{config_path or 'ppo'}: reward_model_path is not set.")
-        from . import ppo
+        from ..train import ppo
 
         if hasattr(ppo, "check_model_options"):  # the recipe's own refusals (e.g. a 4-bit value model without LoRA)
             ppo.check_model_options(training_args, model_args)
@@ -979,11 +979,11 @@ def config_types(stage: str, recipe: str | Path | None = None) -> tuple:
     if stage in ("cpt", "sft"):
         return ScriptArguments, SFTConfig, ModelConfig
     if stage == "reward":
-        from .reward import RewardConfig
+        from ..train.reward import RewardConfig
 
         return ScriptArguments, RewardConfig, ModelConfig
     if stage == "ppo":
-        from .ppo import PPOConfig
+        from ..train.ppo import PPOConfig
 
         return ScriptArguments, PPOConfig, ModelConfig
     raise UserError(f"stage '{stage}' is not a training stage ({', '.join(TRAINING_STAGES)}).")
@@ -1007,7 +1007,7 @@ def sibling_outputs(config_path: str | Path) -> dict[str, str]:
 
 def parse_stage_config(stage: str, config_path: str, overrides=(), recipe: str | Path | None = None) -> tuple:
     """(script_args, training_args, model_args) exactly as the stage's recipe would parse them."""
-    from .cli import parse_config
+    from ..cli import parse_config
 
     args = ["--config", str(config_path), *overrides]
     with _quiet():
@@ -1099,7 +1099,7 @@ def plan_pipeline(pipeline_path: str, overrides=(), device: Device | str | None 
     """Plan every training stage of a pipeline YAML, following each stage's output into the next stage's input.
 
     Each `--key value` override goes to the stages that have that key (`max_length` is no PPO key, for example)."""
-    from .pipeline import load_pipeline_config
+    from ..pipeline import load_pipeline_config
 
     config = load_pipeline_config(pipeline_path)
     overrides = list(overrides)

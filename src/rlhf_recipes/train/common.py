@@ -1,24 +1,27 @@
-"""Steps every stage recipe shares: resolve the input model, load data, resume, save the output with its lineage."""
+"""Steps every training recipe shares: resolve the input model, load data, resume, save the output with its lineage."""
 
 from __future__ import annotations
 
 import inspect
 import logging
+import resource
 import time
 from pathlib import Path
 
-from .cli import UserError
-from .lineage import build_lineage, config_dict, write_lineage
-from .models import require_kind, resolve_model_path
+from .. import fs
+from ..cli import UserError
+from ..lineage import build_lineage, config_dict, write_lineage
+from ..models import require_kind, resolve_model_path
+from ..progress import StepTimer
 
 logger = logging.getLogger(__name__)
 
 
-def prepare_model(model_name_or_path: str | None, expected_kind: str, key: str = "model_name_or_path") -> str:
-    """Check the input folder is the kind this stage needs, then resolve it to loadable full weights."""
+def prepare_model(model_name_or_path: str | None, stage, key: str = "model_name_or_path") -> str:
+    """Check the input is the kind this stage needs (the registry says which), then resolve it to full weights."""
     if not model_name_or_path:
         raise UserError(f"`{key}` is not set; give a Hub id, a folder, or embedded:SmolLM2-135M-Instruct.")
-    require_kind(model_name_or_path, expected_kind, key)
+    require_kind(model_name_or_path, stage.model_keys[key], key)
     return resolve_model_path(model_name_or_path)
 
 
@@ -44,8 +47,22 @@ def model_init_kwargs(model_args) -> dict:
     return kwargs
 
 
-def load_splits(script_args, training_args, columns: tuple[str, ...]):
-    """The train split and, when evaluation is on, the test split of `dataset_name`, checked for `columns`."""
+def refuse_half_precision_full_fine_tune(model_args) -> None:
+    """Full fine-tuning updates the weights themselves: in bf16/fp16 an AdamW step of 1e-5 rounds away to nothing."""
+    if not model_args.use_peft and model_args.dtype in ("bfloat16", "float16"):
+        raise UserError(
+            f"use_peft: false with dtype: {model_args.dtype} trains half-precision weights, whose small updates round "
+            "away; set dtype: float32 (autocast still computes in bf16 where the machine has it) or use_peft: true."
+        )
+
+
+def _columns(stage, training_args) -> tuple[str, ...]:
+    text_field = getattr(training_args, "dataset_text_field", "text")
+    return tuple(text_field if c == "text" else c for c in stage.columns)
+
+
+def load_splits(script_args, training_args, stage):
+    """The train split and, when evaluation is on, the test split of `dataset_name`, checked for the stage's columns."""
     from datasets import load_dataset
 
     name = script_args.dataset_name
@@ -53,22 +70,28 @@ def load_splits(script_args, training_args, columns: tuple[str, ...]):
         raise UserError(
             "`dataset_name` is not set; point it at a data folder (e.g. data/demo/sft) or a Hub dataset id."
         )
+    if Path(name).exists() and not Path(name).is_dir():
+        raise UserError(f"dataset_name={name} is a file; give the folder that holds train.jsonl (and test.jsonl).")
     try:
         dataset = load_dataset(name, name=script_args.dataset_config, streaming=script_args.dataset_streaming)
-    except (FileNotFoundError, ValueError, ConnectionError) as error:
+    except Exception as error:  # datasets raises many kinds for unreadable data; all are the user's to fix
         raise UserError(f"cannot load dataset_name={name}: {' '.join(str(error).split())[:300]}") from None
     splits = {script_args.dataset_train_split}
     if training_args.eval_strategy != "no":
         splits.add(script_args.dataset_test_split)
+    columns = _columns(stage, training_args)
     for split in sorted(splits):
         if split not in dataset:
-            raise UserError(f"dataset {name} has no '{split}' split (it has {', '.join(dataset)}); set the split key.")
+            hint = "set eval_strategy: no, or add the split" if split == script_args.dataset_test_split else "set it"
+            raise UserError(f"dataset {name} has no '{split}' split (it has {', '.join(dataset)}); {hint}.")
         missing = [c for c in columns if c not in (dataset[split].column_names or [])]
         if missing:
             raise UserError(
                 f"dataset {name} split '{split}' lacks column(s) {', '.join(missing)} (it has "
                 f"{', '.join(dataset[split].column_names or [])}); convert it with recipes/prepare_data.py first."
             )
+        if hasattr(dataset[split], "__len__") and len(dataset[split]) == 0:
+            raise UserError(f"dataset {name} split '{split}' has no rows; check the data folder.")
     train = dataset[script_args.dataset_train_split]
     test = dataset[script_args.dataset_test_split] if training_args.eval_strategy != "no" else None
     return train, test
@@ -97,20 +120,37 @@ def _data_summary(script_args, trainer) -> dict:
     }
 
 
-def train_and_save(
-    trainer, *, stage: str, model_kind: str, model_args, script_args, training_args, metrics_fn=None
-) -> dict:
+def check_learned(trainer, stage_name: str) -> None:
+    """A run that took no optimizer step, or whose every logged loss is exactly 0, learned nothing: not finished."""
+    if trainer.state.global_step == 0:
+        raise UserError(
+            f"{stage_name} trained no optimizer step (no batch was formed from the data); it is not marked finished. "
+            "Check the data size against the batch size, max_steps and num_train_epochs."
+        )
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    if losses and all(loss == 0 for loss in losses):
+        raise UserError(
+            f"{stage_name}'s training loss was exactly 0 at every step: no token carried a loss (check max_length and "
+            "the data); it is not marked finished."
+        )
+
+
+def train_and_save(trainer, stage, model_args, script_args, training_args, metrics_fn=None, extra=None) -> dict:
     """Train (resuming from the last checkpoint if any), evaluate, save the model and write `lineage.json` last.
 
     `lineage.json` is written after everything else, so its presence marks a finished stage. `metrics_fn(trainer)`
-    adds stage-specific metrics (PPO's trainer returns none from `train`).
+    adds stage-specific metrics (PPO's trainer returns none from `train`); `extra` goes into the lineage as is (the
+    RL algorithm and its key settings).
     """
     output_dir = training_args.output_dir
+    if trainer.accelerator.is_main_process:
+        fs.claim(output_dir, stage.name)
     finished_before = (Path(output_dir) / "lineage.json").is_file()
     checkpoint = None if finished_before else last_checkpoint(output_dir)  # resume only an unfinished run
     if checkpoint:
-        logger.info("Resuming %s from %s", stage, checkpoint)
-    resumable = "resume_from_checkpoint" in inspect.signature(trainer.train).parameters  # PPOTrainer's is not
+        logger.info("Resuming %s from %s", stage.name, checkpoint)
+    resumable = "resume_from_checkpoint" in inspect.signature(trainer.train).parameters
+    trainer.add_callback(StepTimer(stage.name))  # measured s/step and time left after the first steps
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint) if checkpoint and resumable else trainer.train()
     metrics = dict(getattr(result, "metrics", None) or {})
@@ -124,6 +164,7 @@ def train_and_save(
         steps,
         steps * per_step,
     )
+    check_learned(trainer, stage.name)
     if metrics_fn is not None:
         metrics.update(metrics_fn(trainer))
     elif trainer.eval_dataset is not None:  # reuse an evaluation already logged at the last step (eval_strategy)
@@ -132,6 +173,7 @@ def train_and_save(
         metrics.update(
             {k: v for k, v in logged[-1].items() if k.startswith("eval_")} if logged else trainer.evaluate()
         )
+    metrics["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     logged_tokens = [entry["num_tokens"] for entry in trainer.state.log_history if "num_tokens" in entry]
     if logged_tokens and metrics.get("train_runtime"):
         metrics["num_tokens"] = logged_tokens[-1]
@@ -141,21 +183,23 @@ def train_and_save(
     trainer.args.push_to_hub = push_to_hub
     if trainer.accelerator.is_main_process:
         trainer.state.save_to_json(str(Path(output_dir) / "trainer_state.json"))  # loss curves for the report
+        precision = getattr(training_args, "precision", None)
         lineage = build_lineage(
-            stage=stage,
-            model_kind=model_kind,
+            stage=stage.name,
+            model_kind=stage.makes,
             model_name_or_path=model_args.model_name_or_path,
             model_args=model_args,
             data=_data_summary(script_args, trainer),
             config={**config_dict(script_args, model_args, training_args), "world_size": accelerator.num_processes},
             metrics=metrics,
             output_dir=output_dir,
+            extra={**({"precision": precision.to_dict()} if precision else {}), **(extra or {})},
         )
         write_lineage(output_dir, lineage)
         logger.info(
-            "%s finished: %s", stage, {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+            "%s finished: %s", stage.name, {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
         )
-        from .hub import publish_stage_output  # README.md = the card of recipes/publish.py; one push if push_to_hub
+        from ..publish.hub import publish_stage_output  # README.md = the card of recipes/publish.py
 
         publish_stage_output(trainer, training_args)
     return metrics

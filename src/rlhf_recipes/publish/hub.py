@@ -20,8 +20,8 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from .cards import redact, write_stage_card
-from .cli import UserError, parse_config
-from .models import adapter_base, load_tokenizer, read_lineage, resolve_model_path
+from ..cli import UserError, parse_config
+from ..models import adapter_base, load_tokenizer, read_lineage, resolve_model_path
 
 logger = logging.getLogger(__name__)
 

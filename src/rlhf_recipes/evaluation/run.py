@@ -14,8 +14,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cli import UserError
-from .models import DEFAULT_MODEL, load_tokenizer, read_lineage, resolve_model_path
+from ..cli import UserError
+from ..models import DEFAULT_MODEL, load_tokenizer, read_lineage, resolve_model_path
 
 logger = logging.getLogger(__name__)
 METRICS = Path(__file__).parent / "metrics"
@@ -338,7 +338,7 @@ def summary_table(report: dict) -> str:
 
 def plot_training(stage_dirs: dict[str, str], output_dir: Path) -> list[str]:
     """One panel per trained stage: loss and eval loss, and for PPO its reward and KL (the model card's plot)."""
-    from .cards import TRAINING_CURVES, plot_training_curves
+    from ..publish.cards import TRAINING_CURVES, plot_training_curves
 
     lineages = [lineage for folder in stage_dirs.values() if folder and (lineage := read_lineage(folder))]
     return [TRAINING_CURVES] if plot_training_curves(lineages, output_dir / TRAINING_CURVES) else []

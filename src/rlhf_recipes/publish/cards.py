@@ -18,12 +18,12 @@ from pathlib import Path
 
 import yaml
 
-from .cli import UserError
-from .models import CAUSAL_LM, EMBEDDED_PREFIX, REWARD_MODEL, read_lineage
+from ..cli import UserError
+from ..models import CAUSAL_LM, EMBEDDED_PREFIX, REWARD_MODEL, read_lineage
 
 logger = logging.getLogger(__name__)
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "model_cards"
+TEMPLATES = Path(__file__).resolve().parents[1] / "assets" / "model_cards"  # also the repo's model_cards/ (a link)
 TEMPLATE_FILES = {CAUSAL_LM: "causal_lm.md.jinja", REWARD_MODEL: "reward_model.md.jinja"}
 PIPELINE_TAGS = {CAUSAL_LM: "text-generation", REWARD_MODEL: "text-classification"}
 # Embedded models -> (the Hub checkpoint they were converted from, its license), for metadata others can follow.

@@ -1,0 +1,94 @@
+"""A causal LM loaded for evaluation: perplexity terms, greedy and sampled answers, and float32 answer log-probs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def as_messages(prompt) -> list[dict]:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+@dataclass
+class Answer:
+    text: str
+    prompt_ids: list[int]
+    answer_ids: list[int]  # up to and including the end-of-turn token when the answer ended
+    ended: bool  # False: cut at max_new_tokens without an end-of-turn token
+
+
+class LoadedModel:
+    """A causal LM (adapters merged through the cache) with its tokenizer, padded on the left for generation."""
+
+    def __init__(self, model_name_or_path: str, device: str = "cpu"):
+        from transformers import AutoModelForCausalLM
+
+        from ..models import clean_generation_config, load_tokenizer, resolve_model_path
+
+        path = resolve_model_path(model_name_or_path)
+        self.tokenizer = load_tokenizer(path, padding_side="left")
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+        clean_generation_config(self.model, self.tokenizer)  # sample with exactly the settings asked for
+        self.device = device
+
+    @torch.no_grad()
+    def perplexity_terms(self, texts: list[str], max_length: int, batch_size: int) -> tuple[list[float], list[int]]:
+        nll_sums, counts = [], []
+        for start in range(0, len(texts), batch_size):
+            batch = self.tokenizer(
+                texts[start : start + batch_size], return_tensors="pt", padding=True, truncation=True, max_length=max_length
+            ).to(self.device)
+            logits = self.model(**batch).logits[:, :-1].float()
+            targets, mask = batch["input_ids"][:, 1:], batch["attention_mask"][:, 1:]
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none") * mask
+            nll_sums += nll.sum(1).tolist()
+            counts += mask.sum(1).tolist()
+        return nll_sums, counts
+
+    @torch.no_grad()
+    def answers(self, prompts: list, max_new_tokens: int, batch_size: int, temperature: float | None = None) -> list[Answer]:
+        """Greedy answers, or sampled ones at `temperature` (top-k and top-p off, as PPO samples)."""
+        from transformers import GenerationConfig
+
+        if temperature:
+            settings = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+        else:
+            settings = dict(do_sample=False)
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+            **settings,
+        )
+        out = []
+        for start in range(0, len(prompts), batch_size):
+            chats = [as_messages(p) for p in prompts[start : start + batch_size]]
+            batch = self.tokenizer.apply_chat_template(
+                chats, add_generation_prompt=True, return_tensors="pt", return_dict=True, padding=True
+            ).to(self.device)
+            sequences = self.model.generate(**batch, generation_config=config)
+            for row, prompt_ids, mask in zip(sequences[:, batch["input_ids"].shape[1] :], batch["input_ids"], batch["attention_mask"]):
+                ids = row.tolist()
+                ended = self.tokenizer.eos_token_id in ids
+                ids = ids[: ids.index(self.tokenizer.eos_token_id) + 1] if ended else [t for t in ids if t != self.tokenizer.pad_token_id]
+                text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+                out.append(Answer(text, prompt_ids[mask.bool()].tolist(), ids, ended))
+        return out
+
+    def generate(self, prompts: list, max_new_tokens: int, batch_size: int, temperature: float | None = None):
+        answers = self.answers(prompts, max_new_tokens, batch_size, temperature)
+        return [a.text for a in answers], answers
+
+    @torch.no_grad()
+    def answer_logprobs(self, answers: list[Answer], temperature: float = 1.0) -> list[list[float]]:
+        """Per-token log-probabilities of each answer given its prompt, from float32 logits at `temperature`
+        (the distribution the answers were sampled from; PPO's KL uses the same)."""
+        out = []
+        for answer in answers:
+            ids = torch.tensor([answer.prompt_ids + answer.answer_ids], device=self.device)
+            logits = self.model(ids).logits[0, len(answer.prompt_ids) - 1 : -1].float() / temperature
+            logprobs = torch.log_softmax(logits, -1).gather(1, ids[0, len(answer.prompt_ids) :, None])[:, 0]
+            out.append(logprobs.tolist())
+        return out

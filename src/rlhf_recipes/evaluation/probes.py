@@ -1,0 +1,44 @@
+"""Effect sizes with intervals, and the probes that catch reward hacking (scipy.stats does the statistics)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def mean_interval(values, samples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean and its 95% bootstrap interval (percentile method)."""
+    from scipy.stats import bootstrap
+
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2 or np.all(values == values[0]):
+        return float(values.mean()) if len(values) else math.nan, float("nan"), float("nan")
+    result = bootstrap((values,), np.mean, n_resamples=samples, method="percentile", random_state=seed)
+    return float(values.mean()), float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def paired_difference(treated, baseline, samples: int = 2000, seed: int = 0) -> dict:
+    """Mean of treated - baseline over paired items (same prompt, same sampling seed), its 95% paired bootstrap
+    interval, and the effect size in units of the baseline's standard deviation."""
+    treated, baseline = np.asarray(treated, dtype=float), np.asarray(baseline, dtype=float)
+    difference, low, high = mean_interval(treated - baseline, samples, seed)
+    spread = float(baseline.std(ddof=1)) if len(baseline) > 1 else math.nan
+    return {
+        "difference": difference,
+        "low": low,
+        "high": high,
+        "baseline_sd": spread,
+        "effect_size": difference / spread if spread and not math.isnan(spread) else math.nan,
+        "n": int(len(treated)),
+    }
+
+
+def correlation(x, y) -> float:
+    """Pearson correlation (nan when either side is constant)."""
+    from scipy.stats import pearsonr
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 3 or np.all(x == x[0]) or np.all(y == y[0]):
+        return math.nan
+    return float(pearsonr(x, y).statistic)

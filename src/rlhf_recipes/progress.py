@@ -1,0 +1,122 @@
+"""Time that tells the truth early: every training stage reports its measured seconds per step and time left after
+its first steps, and the pipeline turns that into an estimate for itself, so a slow machine shows in the first
+minute, not the first hour.
+
+- `StepTimer` (a TrainerCallback, added by train/common.py) prints `[progress] stage=... step=S/N elapsed=E eta=R`
+  lines after steps 2 and 4, then every 10% or at least every minute (the first step, with its warm-up, is not
+  used for the rate).
+- `PipelineClock` forecasts each stage before it starts (its `expected_seconds` from pipeline.yaml, scaled by how fast
+  this machine multiplies matrices in the precision it will use against the machine those were measured on), then
+  re-scales everything left by the first stage's measured pace.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:,.0f} s" if seconds < 120 else f"{seconds / 60:,.1f} min"
+
+
+class StepTimer(TrainerCallback):
+    def __init__(self, stage: str):
+        self.stage, self.first_step_done, self.last_report, self.started = stage, None, 0.0, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started, self.initial_step = time.perf_counter(), state.global_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now, step, total = time.perf_counter(), state.global_step, state.max_steps
+        done = step - self.initial_step
+        if done == 1:
+            self.first_step_done = now
+            return
+        if not state.is_world_process_zero or self.first_step_done is None or not total:
+            return
+        per_step = (now - self.first_step_done) / (done - 1)
+        eta = per_step * max(total - step, 0)
+        due = done in (2, 4) or now - self.last_report > 60 or (step * 10 // total) != ((step - 1) * 10 // total)
+        if due and step < total:
+            self.last_report = now
+            elapsed = now - self.started
+            print(f"[progress] stage={self.stage} step={step}/{total} elapsed={elapsed:.1f} eta={eta:.1f}", flush=True)
+            logger.info("%s: %.2f s/step measured; %d of %d steps left, about %s", self.stage, per_step,
+                        total - step, total, _minutes(eta))  # fmt: skip
+
+
+class PipelineClock:
+    """The pipeline's forecasts (see the module docstring)."""
+
+    def __init__(self, config, only, manifest):
+        self.config, self.only, self.manifest = config, only, manifest
+        self.started, self.stage_started, self.pace = time.time(), None, None
+        self.machine_factor = self._machine_factor()
+        self.remaining = [run for run in config.stages if not only or run.name in only]
+
+    def _machine_factor(self) -> float | None:
+        """Reference float32 GFLOP/s / this machine's GFLOP/s in the precision the stages will compute in."""
+        if not self.config.expected_at_gflops:
+            return None
+        import torch
+
+        if torch.cuda.is_available():
+            return None  # the expected seconds are CPU timings
+        from . import precision
+
+        chosen = precision.resolve({"auto": "auto", "bf16": True, "float32": False}[self.config.precision], True)
+        rate = precision.matmul_rate(chosen.dtype, size=512 if chosen.dtype == "float32" else 128, seconds=0.2)
+        factor = self.config.expected_at_gflops / max(rate, 1e-9)
+        total = sum(run.expected_seconds or 0 for run in self.remaining) * factor
+        print(
+            f"━━ this machine: {chosen.dtype} matmul {rate:,.1f} GFLOP/s against {self.config.expected_at_gflops:g} "
+            f"where the stage times were measured ({chosen.reason}); the pipeline should take about "
+            f"{_minutes(total)}",
+            flush=True,
+        )
+        return factor
+
+    def elapsed(self) -> float:
+        return time.time() - self.started
+
+    def _scale(self) -> float | None:
+        return self.pace or self.machine_factor
+
+    def left_after(self, run) -> float | None:
+        scale = self._scale()
+        if scale is None:
+            return None
+        later = self.remaining[self.remaining.index(run) + 1 :] if run in self.remaining else self.remaining
+        return sum((r.expected_seconds or 0) * scale for r in later)
+
+    def forecast(self, run) -> str:
+        scale = self._scale()
+        if scale is None or not run.expected_seconds:
+            return "starting"
+        this = run.expected_seconds * scale
+        return f"expected ~{_minutes(this)}; pipeline ~{_minutes(this + (self.left_after(run) or 0))} left"
+
+    def skipped(self, run) -> None:
+        if run in self.remaining:
+            self.remaining.remove(run)
+
+    def start(self, run) -> None:
+        self.stage_started, self.current = time.time(), run
+
+    def progress(self, stage: str, step: str, total: str, elapsed: str, eta: str) -> None:
+        run = self.current
+        stage_total = float(elapsed) + float(eta)
+        if run.expected_seconds:
+            self.pace = stage_total / run.expected_seconds  # this machine's measured pace against the reference
+        left = self.left_after(run)
+        tail = f"; pipeline ~{_minutes(float(eta) + left)} left" if left is not None else ""
+        print(f"━━ {stage}: step {step}/{total}, ~{_minutes(float(eta))} left in this stage{tail}", flush=True)
+
+    def stop(self, run) -> float:
+        self.skipped(run)
+        return round(time.time() - self.stage_started, 1)

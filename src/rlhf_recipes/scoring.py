@@ -1,0 +1,110 @@
+"""The one way to ask a reward model for a score: the conversation rendered exactly as RewardTrainer rendered its
+training pairs, right-padded as its collator pads, read at the last token as its head was trained.
+
+RewardTrainer tokenizes a conversational pair with `apply_chat_template(prompt + completion, tokenize=True)` (TRL's
+`_tokenize`), and a plain-text pair as `tokenizer(prompt + completion + eos)`. For SmolLM2 that rendering ends a turn
+with `<|im_end|>\\n`, so the score head learned at the `\\n`; PPO's own `get_reward` reads it at `<|im_end|>`, a
+position the head never trained on. Every caller here (PPO's rollouts, GRPO/RLOO/online DPO reward functions, the
+evaluation, the feedback rankers) goes through `RewardScorer`, and tests hold their scores equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+SENTINEL = "\u2063RLHF_RECIPES_COMPLETION\u2063"
+
+
+def _messages(value) -> list[dict]:
+    return [{"role": "user", "content": value}] if isinstance(value, str) else list(value)
+
+
+def training_ids(tokenizer, prompt, completion) -> list[int]:
+    """Token ids of (prompt, completion) exactly as TRL's RewardTrainer tokenizes a training pair."""
+    from trl.data_utils import _tokenize, is_conversational
+
+    example = {"prompt": prompt, "completion": completion}
+    if is_conversational(example):
+        if isinstance(completion, str):
+            completion = [{"role": "assistant", "content": completion}]
+        return list(_tokenize(tokenizer, _messages(prompt) + list(completion))["input_ids"])
+    text = prompt + completion
+    if not text.endswith(tokenizer.eos_token):
+        text += tokenizer.eos_token
+    return list(_tokenize(tokenizer, text)["input_ids"])
+
+
+class TurnRenderer:
+    """Builds the training rendering of `rendered prompt + answer` for rollouts that exist only as token ids (PPO).
+
+    A rollout's query is `apply_chat_template(prompt, add_generation_prompt=True)`; the training rendering of the
+    conversation is that text, the answer's text, then the template's end of the assistant turn, which is read off
+    the template itself by rendering a sentinel answer (tests check the result equals `training_ids` for SmolLM2,
+    Qwen2.5 and Llama 3 templates).
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        probe = [{"role": "user", "content": "x"}]
+        prefix = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(probe + [{"role": "assistant", "content": SENTINEL}], tokenize=False)
+        before, found, self.suffix = full.partition(SENTINEL)
+        if not found or before != prefix:
+            raise ValueError(
+                "this chat template does not render an answer right after its generation prompt; score rollouts "
+                "from their messages (RewardScorer.score) instead of their token ids"
+            )
+
+    def ids(self, query_ids: Sequence[int], answer_ids: Sequence[int], pad_token_id: int) -> list[int]:
+        tokenizer = self.tokenizer
+        prompt_text = tokenizer.decode([t for t in query_ids if t != pad_token_id], skip_special_tokens=False)
+        answer_text = tokenizer.decode([t for t in answer_ids if t != pad_token_id], skip_special_tokens=True)
+        return tokenizer(prompt_text + answer_text + self.suffix, add_special_tokens=False)["input_ids"]
+
+
+class RewardScorer:
+    """A sequence-classification reward model and its tokenizer, scoring conversations as it was trained."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 16):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self._turns = None
+
+    @classmethod
+    def from_path(cls, model_name_or_path: str, batch_size: int = 16, dtype=torch.float32) -> RewardScorer:
+        from transformers import AutoModelForSequenceClassification
+
+        from .models import load_tokenizer, resolve_model_path
+
+        path = resolve_model_path(model_name_or_path)
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype).eval()
+        return cls(model, load_tokenizer(path), batch_size)
+
+    @torch.no_grad()
+    def score_ids(self, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Scores of token-id sequences, right-padded like RewardTrainer's collator, read at each last token."""
+        pad = self.tokenizer.pad_token_id
+        device = next(self.model.parameters()).device
+        scores = []
+        for start in range(0, len(sequences), self.batch_size):
+            batch = [list(s) for s in sequences[start : start + self.batch_size]]
+            width = max(len(s) for s in batch)
+            input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in batch], device=device)
+            attention_mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch], device=device)
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            scores.append(logits[:, 0].float())
+        return torch.cat(scores) if scores else torch.zeros(0)
+
+    def score(self, prompts: Sequence, completions: Sequence) -> list[float]:
+        """Scores of (prompt, completion) pairs: messages or plain text, as in the preference data."""
+        return self.score_ids([training_ids(self.tokenizer, p, c) for p, c in zip(prompts, completions)]).tolist()
+
+    def score_rollouts(self, query_ids: torch.Tensor, answer_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+        """Scores of PPO rollouts (left-padded queries, answers cut at the stop token and padded)."""
+        if self._turns is None:
+            self._turns = TurnRenderer(self.tokenizer)
+        sequences = [
+            self._turns.ids(q.tolist(), a.tolist(), pad_token_id) for q, a in zip(query_ids, answer_ids)
+        ]
+        return self.score_ids(sequences)

@@ -1,0 +1,329 @@
+"""PPO, from TRL 1.12's `trl.experimental.ppo`: the only module that imports it (TRL 1.13 removed PPOTrainer).
+
+Four models take part; each can be made small:
+
+- policy: the SFT model with a fresh LoRA adapter (`use_peft`), its base in 4-bit with `load_in_4bit` (QLoRA);
+- reference: the same weights with that adapter disabled, so no second copy is held;
+- reward model: the reward stage's output, frozen; 4-bit NF4 with `reward_model_load_in_4bit`;
+- value model: initialised from the reward model. With `use_peft` it trains through LoRA (the policy's r, alpha and
+  targets) plus its `score` head, its base frozen; that base is 4-bit with `value_model_load_in_4bit`.
+
+The 4-bit models use the policy's `bnb_4bit_*` settings and `dtype` as compute dtype; bitsandbytes runs them on CPU too.
+
+What this module changes in TRL's loop, each because the number PPO optimises must be the number it reports:
+
+- the reward is read by `scoring.RewardScorer`, the one scoring path: the conversation rendered as RewardTrainer
+  rendered its pairs (TRL's `get_reward` reads the score at `<|im_end|>`, one token before where the head learned);
+- reference and policy log-probs come from float32 logits whatever the autocast (a bf16 `log_softmax` gives a phantom
+  KL of ~0.3 nats per answer at identical weights);
+- rollouts sample with the configured settings only: the checkpoint's `generation_config` (a `repetition_penalty`,
+  say) would add logits processors that the log-probs of the update never apply;
+- checkpoints every `save_steps` updates hold the policy adapter, the value adapter and head, optimizer, scheduler
+  and RNG states and the update count (trainer_state.json, written last), and a rerun resumes from the last
+  complete one with the data order replayed (the sampler has its own seeded generator).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import functools
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from trl.experimental.ppo import PPOConfig as TRLPPOConfig
+from trl.experimental.ppo import PPOTrainer as TRLPPOTrainer
+from trl.experimental.ppo import ppo_trainer as trl_ppo_module
+
+from ..cli import UserError
+from ..scoring import RewardScorer
+
+logger = logging.getLogger(__name__)
+VALUE_WEIGHTS = "value_model.safetensors"  # the value model's trainable part (LoRA + score head) in a checkpoint
+
+__all__ = [
+    "PPOConfig",
+    "PPOTrainer",
+    "TRLPPOConfig",
+    "TRLPPOTrainer",
+    "add_value_adapter",
+    "check_model_options",
+    "final_metrics",
+    "load_scoring_model",
+    "tokenize_prompts",
+]
+
+
+@dataclass
+class PPOConfig(TRLPPOConfig):
+    """TRL's PPOConfig plus where the reward model and the value model's base live: full precision or 4-bit."""
+
+    reward_model_load_in_4bit: bool = field(
+        default=False,
+        metadata={"help": "Load the frozen reward model in 4-bit (bitsandbytes, the policy's bnb_4bit_* settings)."},
+    )
+    value_model_load_in_4bit: bool = field(
+        default=False,
+        metadata={"help": "Load the value model's frozen base in 4-bit; it trains through LoRA (needs use_peft)."},
+    )
+    min_reward_accuracy: float = field(
+        default=0.6,
+        metadata={
+            "help": "Refuse to start when the reward model's held-out pairwise accuracy (its lineage's "
+            "eval_accuracy) is below this: RL against a reward model near chance optimises noise. 0 disables."
+        },
+    )
+
+
+def check_model_options(training_args: PPOConfig, model_args) -> None:
+    """Refuse model settings that cannot train, before anything is loaded."""
+    if training_args.value_model_load_in_4bit and not model_args.use_peft:
+        raise UserError(
+            "value_model_load_in_4bit: true needs use_peft: true, because a 4-bit value model can only train through "
+            "LoRA; set use_peft: true or value_model_load_in_4bit: false."
+        )
+    if model_args.load_in_4bit and not model_args.use_peft:
+        raise UserError(
+            "load_in_4bit: true needs use_peft: true, because a 4-bit policy can only train through LoRA; set "
+            "use_peft: true or load_in_4bit: false."
+        )
+    four_bit = [k for k in ("reward_model_load_in_4bit", "value_model_load_in_4bit") if getattr(training_args, k)]
+    if four_bit and model_args.dtype not in ("bfloat16", "float16", "float32"):
+        raise UserError(
+            f"{four_bit[0]}: true needs an explicit dtype for the 4-bit compute (got {model_args.dtype}); set dtype: "
+            "bfloat16 on a GPU, or float32 or bfloat16 on CPU."
+        )
+
+
+def load_scoring_model(path: str, init_kwargs: dict, model_args, load_in_4bit: bool):
+    """A one-output sequence-classification model (reward or value) from `path`, in 4-bit NF4 when asked.
+
+    `init_kwargs` are the policy's `from_pretrained` arguments; its own quantization (QLoRA) is not carried over.
+    The `score` head is the model's last module, which transformers never quantizes, so it stays trainable.
+    """
+    from accelerate import PartialState
+    from transformers import AutoModelForSequenceClassification
+    from trl import get_quantization_config
+
+    kwargs = {k: v for k, v in init_kwargs.items() if k not in ("quantization_config", "device_map")}
+    if load_in_4bit:
+        kwargs["quantization_config"] = get_quantization_config(
+            dataclasses.replace(model_args, load_in_4bit=True, load_in_8bit=False)
+        )
+        # bitsandbytes quantizes on the device the weights land on: each process's own GPU, else the CPU.
+        kwargs["device_map"] = {"": PartialState().local_process_index} if torch.cuda.is_available() else None
+    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
+
+
+def add_value_adapter(value_model, peft_config):
+    """Put the policy's LoRA settings into the value model in place; train only LoRA and the `score` head.
+
+    TRL's PPOTrainer reads `value_model.<base_model_prefix>` (the backbone) and `value_model.score`, so the value model
+    must stay a `*ForSequenceClassification`: `peft.inject_adapter_in_model` adds LoRA layers without the `PeftModel`
+    wrapper that `get_peft_model` would put around it, and freezes everything else. The score head (it starts as the
+    reward head) is unfrozen again. Both trained parts are kept in float32 on a bfloat16 or 4-bit base, as
+    `get_peft_model` does for the policy's adapter: a bfloat16 weight cannot take updates of a 1e-5 learning rate.
+    """
+    from peft import inject_adapter_in_model
+    from peft.tuners.tuners_utils import cast_adapter_dtype
+
+    config = copy.deepcopy(peft_config)
+    config.modules_to_save = None  # the policy's extra modules (e.g. lm_head) do not exist here; `score` is handled
+    inject_adapter_in_model(config, value_model)
+    cast_adapter_dtype(value_model, "default")
+    score = value_model.score.float().requires_grad_(True)
+    score.register_forward_pre_hook(lambda module, args: tuple(a.to(module.weight.dtype) for a in args))
+    return value_model
+
+
+class _ResumeAt:
+    """A dataloader that, on its first pass, replays (and discards) the batches already trained on."""
+
+    def __init__(self, dataloader, batches: int):
+        self.dataloader, self.batches = dataloader, batches
+
+    def __len__(self):
+        return len(self.dataloader)
+
+    def __iter__(self):
+        skip, self.batches = self.batches, 0
+        for _ in range(skip // len(self.dataloader)):  # whole epochs: each draws its order from the sampler
+            for _ in self.dataloader:
+                pass
+        iterator = iter(self.dataloader)
+        for _ in range(skip % len(self.dataloader)):
+            next(iterator)
+        yield from iterator
+
+
+class PPOTrainer(TRLPPOTrainer):
+    """TRL's PPOTrainer with the corrections listed in the module docstring, plus:
+
+    - bf16 on CPU: the whole loop runs under bf16 autocast when `bf16: true` (its own Accelerator never enables
+      mixed precision). Weights keep their dtype; log-probs are float32 regardless.
+    - `gradient_checkpointing: true` takes effect: TRL's PPOTrainer never calls Trainer's setup that turns it on.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not hasattr(self.model, "policy"):  # DDP hides PolicyAndValueWrapper's attributes (huggingface/trl#2375)
+            self.model.__dict__["policy"] = self.accelerator.unwrap_model(self.model).policy
+        if not hasattr(self, "is_distributed_loading_by_transformers"):  # set by Trainer.__init__, which TRL skips
+            self.is_distributed_loading_by_transformers = False
+        if self.args.activation_checkpointing:  # `gradient_checkpointing` is its deprecated alias; both are set
+            self._enable_activation_checkpointing()
+        self._clean_generation_config()
+        self._seed_data_order()
+        self.scorer = RewardScorer(self.reward_model, self.processing_class, self.args.local_rollout_forward_batch_size)
+
+    def _clean_generation_config(self) -> None:
+        """Rollouts sample with TRL's temperature, top-k and top-p only (models.clean_generation_config)."""
+        from ..models import clean_generation_config
+
+        policy = self.accelerator.unwrap_model(self.model).policy
+        clean_generation_config(policy, self.processing_class, self.stop_token_id)
+
+    def _seed_data_order(self) -> None:
+        """The prompt order from a generator of its own (seeded by `seed`), so a resumed run can replay it."""
+        from torch.utils.data import DataLoader, RandomSampler
+
+        generator = torch.Generator().manual_seed(self.args.seed)
+        loader = DataLoader(
+            self.train_dataset,
+            batch_size=self.local_dataloader_batch_size,
+            sampler=RandomSampler(self.train_dataset, generator=generator),
+            collate_fn=self.data_collator,
+            drop_last=True,  # TRL's loop needs full batches
+        )
+        self.dataloader = self.accelerator.prepare(loader)
+
+    def _enable_activation_checkpointing(self) -> None:
+        wrapper = self.accelerator.unwrap_model(self.model)
+        policy, value_model = wrapper.policy, wrapper.value_model
+        base = policy.get_base_model() if self.is_peft_model else policy
+        for model in (base, value_model):
+            model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs=self.args.activation_checkpointing_kwargs
+            )
+        wrapper.is_gradient_checkpointing = True
+        generate = policy.generate
+
+        @functools.wraps(generate)
+        def generate_in_eval_mode(*args, **kwargs):
+            training = policy.training
+            policy.eval()  # dropout is already off everywhere (TRL disables it), so only checkpointing changes
+            try:
+                return generate(*args, **kwargs)
+            finally:
+                policy.train(training)
+
+        policy.generate = generate_in_eval_mode
+
+    # ------------------------------------------------------------------------------------- the corrected loop
+    @contextlib.contextmanager
+    def _corrected_loop(self):
+        """TRL's loop with its reward read by the scoring path and its log-probs from float32 logits."""
+        original_get_reward, original_forward = trl_ppo_module.get_reward, trl_ppo_module.forward
+        reward_model, scorer = self.reward_model, self.scorer
+
+        def get_reward(model, query_responses, pad_token_id, context_length):
+            if model is not reward_model:  # the value model keeps TRL's per-token values
+                return original_get_reward(model, query_responses, pad_token_id, context_length)
+            queries, answers = query_responses[:, :context_length], query_responses[:, context_length:]
+            return None, scorer.score_rollouts(queries, answers, pad_token_id).to(query_responses.device), None
+
+        def forward(model, query_responses, pad_token_id):
+            result = original_forward(model, query_responses, pad_token_id)
+            output = result[0] if isinstance(result, tuple) else result
+            output.logits = output.logits.float()  # before TRL divides by the temperature and takes log_softmax
+            return result
+
+        trl_ppo_module.get_reward, trl_ppo_module.forward = get_reward, forward
+        try:
+            yield
+        finally:
+            trl_ppo_module.get_reward, trl_ppo_module.forward = original_get_reward, original_forward
+
+    def train(self, resume_from_checkpoint: str | None = None):
+        total = self.args.num_total_batches
+        if resume_from_checkpoint:
+            self._resume(resume_from_checkpoint)
+        enabled = bool(self.args.bf16) and self.accelerator.device.type == "cpu"
+        try:
+            with self._corrected_loop(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+                return super().train()
+        finally:
+            self.args.num_total_batches = total
+
+    # ---------------------------------------------------------------------------------------- checkpoints
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        super().save_model(output_dir, _internal_call)
+        if _internal_call and self.args.should_save:  # a checkpoint: the value model's trained part goes too
+            from safetensors.torch import save_file
+
+            value_model = self.accelerator.unwrap_model(self.model).value_model
+            trained = {k: v.detach().cpu().contiguous() for k, v in _trainable_state(value_model).items()}
+            save_file(trained, str(Path(output_dir) / VALUE_WEIGHTS))
+
+    def _resume(self, checkpoint: str) -> None:
+        """Load a complete checkpoint (see `save_model` and Trainer's `_save_checkpoint`) and continue after it."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+        from transformers import TrainerCallback, TrainerState
+
+        wrapper = self.accelerator.unwrap_model(self.model)
+        folder = Path(checkpoint)
+        if self.is_peft_model:
+            set_peft_model_state_dict(wrapper.policy, load_file(str(folder / "adapter_model.safetensors")))
+        else:
+            from transformers.modeling_utils import load_sharded_checkpoint
+
+            load_sharded_checkpoint(wrapper.policy, str(folder), strict=True)
+        missing = set(_trainable_state(wrapper.value_model)) - set(load_file(str(folder / VALUE_WEIGHTS)))
+        wrapper.value_model.load_state_dict(load_file(str(folder / VALUE_WEIGHTS)), strict=False)
+        if missing:
+            raise RuntimeError(f"{folder} lacks value-model weights {sorted(missing)[:3]}")
+        self._load_optimizer_and_scheduler(str(folder))
+        self._load_rng_state(str(folder))
+        state = TrainerState.load_from_json(str(folder / "trainer_state.json"))
+        done, total = state.global_step, self.args.num_total_batches
+        logger.info("Resuming PPO after update %d of %d from %s", done, total, folder)
+        self.args.num_total_batches = total - done
+        self.dataloader = _ResumeAt(self.dataloader, done)
+
+        class RestoreState(TrainerCallback):  # TRL's train() zeroes the state first; this runs right after
+            def on_train_begin(self, args, trainer_state, control, **kwargs):
+                trainer_state.global_step, trainer_state.episode = done, state.episode
+                trainer_state.log_history, trainer_state.max_steps = state.log_history, total
+                trainer_state.epoch = state.epoch
+
+        self.callback_handler.callbacks.insert(0, RestoreState())
+
+
+def _trainable_state(model) -> dict:
+    names = {name for name, param in model.named_parameters() if param.requires_grad}
+    return {name: tensor for name, tensor in model.state_dict().items() if name in names}
+
+
+def tokenize_prompts(dataset, tokenizer, num_proc: int | None = None):
+    """`{"prompt": [messages] | str}` rows -> `{"input_ids"}` ending with the assistant generation prompt."""
+    if "prompt" not in dataset.column_names:
+        raise UserError(f"PPO prompts need a 'prompt' column; this dataset has {', '.join(dataset.column_names)}.")
+
+    def tokenize(row):
+        prompt = row["prompt"]
+        if isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
+        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
+        return {"input_ids": ids["input_ids"]}
+
+    return dataset.map(tokenize, remove_columns=dataset.column_names, num_proc=num_proc, desc="Tokenizing prompts")
+
+
+def final_metrics(trainer) -> dict:
+    """The last logged PPO statistics (reward, KL, losses) plus the run's time; PPOTrainer.train returns nothing."""
+    logged = [entry for entry in trainer.state.log_history if "objective/scores" in entry]
+    return dict(logged[-1]) if logged else {}

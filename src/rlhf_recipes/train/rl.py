@@ -1,0 +1,38 @@
+"""What every RL stage (PPO, GRPO, RLOO, online DPO) shares: the reward-model gate and the algorithm's lineage."""
+
+from __future__ import annotations
+
+import logging
+
+from ..cli import UserError
+from ..models import read_lineage
+
+logger = logging.getLogger(__name__)
+
+
+def check_reward_model(reward_model_path: str, min_accuracy: float, key: str = "reward_model_path") -> float | None:
+    """Refuse a reward model whose held-out pairwise accuracy is below `min_accuracy` (RL would optimise noise)."""
+    lineage = read_lineage(reward_model_path) or {}
+    accuracy = (lineage.get("metrics") or {}).get("eval_accuracy")
+    if min_accuracy <= 0:
+        return accuracy
+    if accuracy is None:
+        raise UserError(
+            f"{key}={reward_model_path} has no held-out accuracy in its lineage.json (trained with eval_strategy: "
+            "no, or not by recipes/reward.py), so it cannot pass the min_reward_accuracy gate; retrain it with an "
+            "eval split, or set min_reward_accuracy: 0 to skip the gate."
+        )
+    if accuracy < min_accuracy:
+        raise UserError(
+            f"the reward model {reward_model_path} ranks only {accuracy:.1%} of held-out pairs correctly, below "
+            f"min_reward_accuracy={min_accuracy}; RL against it would optimise noise: train it longer or on more "
+            "pairs, or lower min_reward_accuracy."
+        )
+    logger.info("reward model gate: held-out accuracy %.3f >= %.3f", accuracy, min_accuracy)
+    return accuracy
+
+
+def algorithm(name: str, training_args, keys: tuple[str, ...], reward_accuracy: float | None = None) -> dict:
+    """The `algorithm` entry of an RL stage's lineage: its name and the settings that define it."""
+    settings = {key: getattr(training_args, key) for key in keys if hasattr(training_args, key)}
+    return {"algorithm": {"name": name, **settings, "reward_model_accuracy": reward_accuracy}}

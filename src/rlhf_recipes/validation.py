@@ -1,0 +1,147 @@
+"""One validation pass per stage, before any model loads: ranges of the values, and the paths the run will touch.
+
+Types were already checked by the loader (`config.py`); here the rules the types cannot say (a batch size of 0, a
+negative learning rate, zero epochs), and, when the stage is about to run, that its input models exist and are of
+the kind it needs and that its output folder is new, empty or this project's, and writable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .cli import UserError
+
+# field -> (test, what the value must be); checked on whichever parsed dataclass has the field
+_POSITIVE = "must be a positive whole number"
+RULES = {
+    **{
+        key: (lambda v: v is None or v >= 1, _POSITIVE)
+        for key in (
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+            "lora_r",
+            "max_length",
+            "response_length",
+            "num_ppo_epochs",
+            "num_mini_batches",
+            "total_episodes",
+            "local_rollout_forward_batch_size",
+            "num_generations",
+            "max_completion_length",
+            "max_new_tokens",
+            "batch_size",
+            "length_buckets",
+            "parity_samples",
+            "parity_max_new_tokens",
+            "save_total_limit",
+            "num_iterations",
+        )
+    },
+    "lora_alpha": (lambda v: v > 0, "must be a positive number"),
+    "max_steps": (lambda v: v == -1 or v >= 1, "must be -1 (train by epochs) or a positive number of steps"),
+    "num_train_epochs": (lambda v: v > 0, "must be above 0 (a stage that trains no step learns nothing)"),
+    "learning_rate": (lambda v: v > 0, "must be above 0 (with 0 nothing is learned)"),
+    "warmup_steps": (lambda v: v >= 0, "must be 0 or more"),
+    "warmup_ratio": (lambda v: 0 <= v <= 1, "must be between 0 and 1"),
+    "weight_decay": (lambda v: v >= 0, "must be 0 or more"),
+    "lora_dropout": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "kl_coef": (lambda v: v >= 0, "must be 0 or more"),
+    "beta": (lambda v: v >= 0, "must be 0 or more"),
+    "temperature": (lambda v: v > 0, "must be above 0"),
+    "cliprange": (lambda v: v > 0, "must be above 0"),
+    "cliprange_value": (lambda v: v > 0, "must be above 0"),
+    "vf_coef": (lambda v: v >= 0, "must be 0 or more"),
+    "gamma": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "lam": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    "logging_steps": (lambda v: v > 0, "must be above 0"),
+    "save_steps": (lambda v: v > 0, "must be above 0"),
+    "eval_steps": (lambda v: v is None or v > 0, "must be above 0"),
+    "max_grad_norm": (lambda v: v >= 0, "must be 0 or more"),
+    "merge_tolerance": (lambda v: v > 0, "must be above 0"),
+    "min_reward_accuracy": (lambda v: 0 <= v <= 1, "must be between 0 and 1"),
+    "max_truncated_share": (lambda v: 0 <= v <= 1, "must be between 0 and 1"),
+}
+
+
+def _where(config, key: str) -> str:
+    source = getattr(config, "_config_origin", None)
+    return source(key) if source else "in the config"
+
+
+def check_values(parsed: tuple, origin=None) -> None:
+    """Every value a rule in RULES covers, on every parsed dataclass of the stage."""
+    for config in parsed:
+        for key, (ok, must) in RULES.items():
+            if not hasattr(config, key):
+                continue
+            value = getattr(config, key)
+            if value is None and key not in ("lora_alpha", "learning_rate"):
+                continue
+            try:
+                good = bool(ok(value))
+            except TypeError:
+                good = False
+            if not good:
+                where = origin(key) if origin else "in the config"
+                raise UserError(f"key '{key}' {where} is {value!r}, but it {must}; fix it.")
+
+
+def producing_stage_hint(path: str) -> str:
+    """"run the sft stage first" when a missing folder is named like a stage's output."""
+    from . import stages
+
+    name = Path(path).name
+    if name in stages.names():
+        stage = stages.get(name)
+        return f"; run the {name} stage first (python recipes/{stage.recipe_path.name} --config ...) or fix the path"
+    return "; check the path"
+
+
+def check_model(value: str | None, key: str, kind: str, where: str) -> None:
+    """A model key names something loadable of the right kind: the embedded model, an existing folder, or (online) a
+    Hub id. A missing local folder says which stage makes it."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from .models import EMBEDDED_PREFIX, require_kind
+
+    if not value:
+        raise UserError(f"`{key}` is not set {where}; give a Hub id, a folder, or embedded:SmolLM2-135M-Instruct.")
+    if value.startswith(EMBEDDED_PREFIX):
+        return
+    path = Path(value).expanduser()
+    if path.exists():
+        if path.is_dir() and not any(path.iterdir()):
+            raise UserError(f"{key}={value} {where} is an empty folder{producing_stage_hint(value)}.")
+        require_kind(str(path), kind, key)
+        return
+    try:
+        validate_repo_id(value)
+        hub_id = not value.startswith((".", "/", "~")) and value.count("/") <= 1
+    except HFValidationError:
+        hub_id = False
+    if not hub_id:
+        raise UserError(f"{key}={value} {where} does not exist{producing_stage_hint(value)}.")
+    if constants.HF_HUB_OFFLINE:
+        from .models import cached_on_hub
+
+        if not cached_on_hub(value):
+            raise UserError(
+                f"{key}={value} {where} is no local folder, and the Hub is off (HF_HUB_OFFLINE) with no cached copy; "
+                "give a local folder, or go online to download it."
+            )
+
+
+def check_paths(stage, parsed: tuple, origin=None) -> None:
+    """The stage's input models and its output folder, before anything loads."""
+    from . import fs
+
+    for key, kind in stage.model_keys.items():
+        config = next((c for c in parsed if hasattr(c, key)), None)
+        if config is not None:
+            check_model(getattr(config, key), key, kind, origin(key) if origin else "")
+    config = next((c for c in parsed if hasattr(c, stage.output_key)), None)
+    if config is not None and getattr(config, stage.output_key):
+        key = stage.output_key
+        fs.check_output_folder(getattr(config, key), key, origin(key) if origin else "", what=stage.name)
