@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
 CONFIGS = REPO / "configs" / "smollm2-135m"
-sys.path.append(str(REPO / "recipes"))  # appended, not prepended: a recipe name never shadows a library
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the Hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

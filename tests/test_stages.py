@@ -9,21 +9,14 @@ import torch
 from conftest import CONFIGS
 from safetensors.torch import load_file
 
-from rlhf_recipes.cli import UserError, parse_config
+from rlhf_recipes import stages
+from rlhf_recipes.cli import UserError
 from rlhf_recipes.models import read_lineage, resolve_model_path
 
 
 def run_stage(stage: str, tiny_model_path, output_dir, *overrides: str):
-    """Run a recipe's main in-process: its YAML, the tiny model, the demo data, 2 steps, plus `overrides`."""
-    import importlib
-
-    from trl import ModelConfig, ScriptArguments, SFTConfig
-
-    from rlhf_recipes.ppo import PPOConfig
-    from rlhf_recipes.reward import RewardConfig
-
-    recipe = importlib.import_module("sft" if stage == "cpt" else stage)
-    config_class = {"cpt": SFTConfig, "sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig}[stage]
+    """Run a stage's recipe in-process through the registry: its YAML, the tiny model, the demo data, 2 steps, plus
+    `overrides`."""
     args = ["--config", str(CONFIGS / f"{stage}.yaml"), "--output_dir", str(output_dir), "--logging_steps", "1"]
     if stage != "ppo":
         args += [
@@ -36,14 +29,17 @@ def run_stage(stage: str, tiny_model_path, output_dir, *overrides: str):
             "--save_steps",
             "1",
         ]
-    parsed = parse_config((ScriptArguments, config_class, ModelConfig), args + list(overrides))
-    return recipe.main(*parsed, **({"stage": "cpt"} if stage == "cpt" else {}))
+    return stages.get(stage).run(args + list(overrides))
 
 
 # A PPO run small enough for a test: 8 episodes = 2 updates of 2 prompts x 2 accumulation steps, 8-token answers
 PPO_RUN = ["--total_episodes", "8", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2"]
 PPO_RUN += ["--local_rollout_forward_batch_size", "4", "--response_length", "8", "--num_ppo_epochs", "1"]
 PPO_RUN += ["--learning_rate", "1e-3"]
+PPO_RUN += [
+    "--min_reward_accuracy",
+    "0",
+]  # a 2-step tiny reward model ranks pairs near chance: the gate would refuse it
 
 
 def lora_b_norms(folder) -> list[float]:
@@ -207,6 +203,6 @@ def test_sft_rejects_a_conversation_without_assistant_turn(tmp_path, tiny_model_
     rows = [{"messages": [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi."}]}] * 3
     rows.append({"messages": [{"role": "user", "content": "Only a question"}]})
     (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(UserError, match="empty assistant mask"):
+    with pytest.raises(UserError, match="1 of 4 training conversations .* keep no assistant token"):
         run_stage("sft", tiny_model_path, tmp_path / "out", "--dataset_name", str(data), "--eval_strategy", "no")
     assert not (tmp_path / "out" / "lineage.json").exists()
