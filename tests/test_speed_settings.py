@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import CONFIGS
 from datasets import Dataset
 
+from rlhf_recipes import stages
+from rlhf_recipes.cli import UserError
 from rlhf_recipes.models import load_tokenizer
 
 
@@ -93,7 +96,7 @@ def test_the_packing_check_can_fail(tiny_model_path, tmp_path):
 
 
 def reward_loss_and_rewards(tiny_model_path, tmp_path, buckets: int):
-    from rlhf_recipes.reward import RewardConfig, RewardTrainer
+    from rlhf_recipes.train.reward import RewardConfig, RewardTrainer
 
     rows = conversations(6)
     pairs = [
@@ -132,8 +135,7 @@ def test_length_buckets_give_the_same_rewards_and_loss(tiny_model_path, tmp_path
     assert loss_4 == pytest.approx(loss_1, abs=1e-5)
 
 
-def test_length_buckets_must_be_positive(tmp_path):
-    from rlhf_recipes.reward import RewardConfig
-
-    with pytest.raises(ValueError, match="length_buckets must be 1 or more"):
-        RewardConfig(output_dir=str(tmp_path), length_buckets=0, use_cpu=True, bf16=False)
+def test_length_buckets_must_be_positive():
+    argv = ["--config", str(CONFIGS / "reward.yaml"), "--length_buckets", "0"]
+    with pytest.raises(UserError, match="key 'length_buckets' on the command line is 0, but it must be a positive"):
+        stages.get("reward").parse_args(argv, check_paths=False)
