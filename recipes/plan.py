@@ -5,11 +5,13 @@
     python recipes/plan.py --config configs/qwen2.5-7b-instruct/sft.yaml --device cuda:24GiB
     python recipes/plan.py --config configs/smollm2-135m/sft.yaml --per_device_train_batch_size 16 --strict
 
-Reads each stage's YAML through the recipe's own dataclasses (same keys, same defaults; `--key value` overrides
-work as on the recipes) and the model's config.json (no weights), then prints one table per stage: weights,
-trainable state, activations, logits, PPO's four models and generation, and the device's own share. The estimate is
-for the largest batch the config allows (`max_length` tokens per row), on one device (DDP: per GPU). Exit code 1
-with --strict when a stage does not fit; 2 for a bad config.
+Each YAML is parsed exactly as its recipe parses it (the stage registry, src/rlhf_recipes/stages.py, says which
+stage a file configures and how): the same keys, defaults and range checks, `--key value` overrides as on the
+recipes (on a pipeline YAML: as on the pipeline, and a plain `--key value` goes to every stage that has the key), and
+the precision resolved for this machine (`bf16: auto`). From the model's config.json (no weights) it prints one
+table per stage: weights, trainable state, activations, logits, PPO's four models and generation, and the device's
+own share. The estimate is for the largest batch the config allows (`max_length` tokens per row), on one device
+(DDP: per GPU). Exit code 1 with --strict when a stage does not fit; 2 for a bad config or flag.
 """
 
 import argparse
@@ -21,6 +23,8 @@ from rlhf_recipes import cli
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
+    from rlhf_recipes.plan.run import plannable
+
     parser = argparse.ArgumentParser(
         usage="%(prog)s --config YAML [--config YAML ...] [--device DEVICE] [--strict] [--json] [--KEY VALUE ...]",
         description=__doc__.split("\n\n")[0],
@@ -35,7 +39,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
         default="auto",
         help="auto (the config's use_cpu, else a visible GPU, else CPU), cpu, cpu:64GiB, cuda or cuda:24GiB",
     )
-    parser.add_argument("--stage", choices=("cpt", "sft", "reward", "ppo"), help="when a YAML's header does not say")
+    parser.add_argument(
+        "--stage", choices=plannable(), help="the stage a YAML configures, when its file name does not say"
+    )
     parser.add_argument(
         "--sequence_length", type=int, help="tokens per row to plan for instead of max_length (your longest batch)"
     )
@@ -44,17 +50,22 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     )
     parser.add_argument("--strict", action="store_true", help="exit with code 1 when a stage will not fit")
     parser.add_argument("--json", action="store_true", help="print the plans as JSON instead of tables")
+    parser.error = refuse  # a bad flag is one sentence and exit code 2, like every other user error
     return parser.parse_known_args(argv)
+
+
+def refuse(message: str):
+    raise cli.UserError(f"{message}; see python recipes/plan.py --help.")
 
 
 def main(argv=None) -> list:
     args, overrides = parse_args(argv)
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its CPU-kernel notice is not part of a plan
-    from rlhf_recipes import memory
+    from rlhf_recipes import plan
 
     plans = []
     for path in args.config:
-        plans += memory.plan_file(
+        plans += plan.plan_file(
             path,
             overrides,
             device=args.device,
@@ -63,10 +74,10 @@ def main(argv=None) -> list:
             prompt_tokens=args.prompt_length,
         )
     if args.json:
-        print(json.dumps([plan.to_dict() for plan in plans], indent=2))
+        print(json.dumps([stage_plan.to_dict() for stage_plan in plans], indent=2))
     else:
-        print("\n\n".join(plan.format() for plan in plans))
-    too_big = [plan.stage for plan in plans if plan.fits is False]
+        print("\n\n".join(stage_plan.format() for stage_plan in plans))
+    too_big = [stage_plan.stage for stage_plan in plans if stage_plan.fits is False]
     if too_big and args.strict:
         print(f"error: {', '.join(too_big)} will not fit the device (--strict).", file=sys.stderr)
         sys.exit(1)

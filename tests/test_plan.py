@@ -1,25 +1,29 @@
 """The memory planner: runs on every shipped config without loading weights, says what fits, moves the right way.
 
-No model is loaded here: parameter shapes come from the `meta` device and configs from the shipped copies.
+No model is loaded here: parameter shapes come from the `meta` device and configs from the shipped copies. Every
+config is found and parsed through the stage registry, as its recipe parses it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import runpy
 
 import pytest
 import yaml
 from conftest import CONFIGS, REPO
 
-from rlhf_recipes import cli, memory
+from rlhf_recipes import cli
+from rlhf_recipes import plan as planner
+from rlhf_recipes.plan.run import plannable
 
 GIB = 2**30
-STAGE_NAMES = ("cpt", "sft", "reward", "ppo")
+STAGE_NAMES = tuple(plannable())  # the registered stages with a planner hook: cpt, sft, reward, ppo
 QWEN_7B = REPO / "configs" / "qwen2.5-7b-instruct"
 QWEN_1_5B = REPO / "configs" / "qwen2.5-1.5b-instruct"
 SHIPPED = sorted(p for p in (REPO / "configs").glob("*/*.yaml") if p.stem in STAGE_NAMES)
-CPU = memory.Device.cpu(64 * GIB)
+CPU = planner.Device.cpu(64 * GIB)
 
 
 def item(plan, prefix: str) -> float:
@@ -27,13 +31,14 @@ def item(plan, prefix: str) -> float:
 
 
 def test_shipped_configs_are_found():
+    assert set(STAGE_NAMES) == {"cpt", "sft", "reward", "ppo"}
     assert {p.stem for p in SHIPPED if p.parent == CONFIGS} == set(STAGE_NAMES)
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_shipped_stage_config_plans(path):
     on_cpu = yaml.safe_load(path.read_text()).get("use_cpu")
-    plan = memory.plan_config(str(path), device="cpu:64GiB" if on_cpu else "cuda:80GiB")
+    plan = planner.plan_config(str(path), device="cpu:64GiB" if on_cpu else "cuda:80GiB")
     assert plan.stage == path.stem
     assert plan.total > 0.5 * GIB
     assert all(i.bytes >= 0 for i in plan.items)
@@ -48,23 +53,23 @@ def test_pipeline_plans_every_training_stage_through_unwritten_outputs(tmp_path)
     pipeline["output_dir"] = str(tmp_path / "out")
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(pipeline))
-    plans = memory.plan_file(str(path), device=CPU)
+    plans = planner.plan_file(str(path), device=CPU)
     assert [p.stage for p in plans] == ["cpt", "sft", "reward", "ppo"]
     assert all("SmolLM2" in p.models[0] or "embedded" in p.models[0] for p in plans)
     assert "not written yet" in plans[-1].models[0]
 
 
 def test_pipeline_overrides_go_to_the_stages_that_have_the_key():
-    plans = memory.plan_file(str(CONFIGS / "pipeline.yaml"), ["--max_length", "128"], device=CPU)
+    plans = planner.plan_file(str(CONFIGS / "pipeline.yaml"), ["--max_length", "128"], device=CPU)
     assert all("x 128 tokens" in p.setup for p in plans if p.stage != "ppo")  # PPO has no max_length
     with pytest.raises(cli.UserError, match="max_lenth"):
-        memory.plan_file(str(CONFIGS / "pipeline.yaml"), ["--max_lenth", "128"], device=CPU)
+        planner.plan_file(str(CONFIGS / "pipeline.yaml"), ["--max_lenth", "128"], device=CPU)
 
 
 @pytest.mark.skipif(not QWEN_7B.is_dir(), reason="no Qwen2.5-7B-Instruct configs")
 @pytest.mark.parametrize("stage", STAGE_NAMES)
 def test_qwen_7b_qlora_fits_24_gib(stage):
-    plan = memory.plan_config(str(QWEN_7B / f"{stage}.yaml"), device="cuda:24GiB")
+    plan = planner.plan_config(str(QWEN_7B / f"{stage}.yaml"), device="cuda:24GiB")
     assert plan.fits, plan.format()
     assert "4-bit" in plan.models[0]
     assert "CUDA context" in [i.component for i in plan.items]
@@ -73,14 +78,14 @@ def test_qwen_7b_qlora_fits_24_gib(stage):
 @pytest.mark.skipif(not QWEN_1_5B.is_dir(), reason="no Qwen2.5-1.5B-Instruct configs")
 @pytest.mark.parametrize("stage", STAGE_NAMES)
 def test_qwen_1_5b_fits_12_gib(stage):
-    plan = memory.plan_config(str(QWEN_1_5B / f"{stage}.yaml"), device="cuda:12GiB")
+    plan = planner.plan_config(str(QWEN_1_5B / f"{stage}.yaml"), device="cuda:12GiB")
     assert plan.fits, plan.format()
 
 
 def _qwen_7b_sft(*overrides):
     """The shipped SmolLM2 SFT config pointed at Qwen2.5-7B-Instruct for a GPU (works before the Qwen configs exist)."""
     base = ["--model_name_or_path", "Qwen/Qwen2.5-7B-Instruct", "--use_cpu", "false", "--max_length", "1024"]
-    return memory.plan_config(str(CONFIGS / "sft.yaml"), [*base, *overrides], device="cuda:24GiB")
+    return planner.plan_config(str(CONFIGS / "sft.yaml"), [*base, *overrides], device="cuda:24GiB")
 
 
 def test_7b_full_fine_tune_in_float32_does_not_fit_24_gib_and_warns():
@@ -113,18 +118,20 @@ def test_weights_4bit_below_bf16_below_fp32():
 def test_monotone_in_batch_size_and_sequence_length(stage):
     config = str(CONFIGS / f"{stage}.yaml")
     by_batch = [
-        memory.plan_config(config, ["--per_device_train_batch_size", str(b)], device=CPU).total for b in (1, 2, 4, 8)
+        planner.plan_config(config, ["--per_device_train_batch_size", str(b)], device=CPU).total for b in (1, 2, 4, 8)
     ]
-    by_length = [memory.plan_config(config, ["--max_length", str(n)], device=CPU).total for n in (128, 256, 512, 1024)]
+    by_length = [
+        planner.plan_config(config, ["--max_length", str(n)], device=CPU).total for n in (128, 256, 512, 1024)
+    ]
     assert by_batch == sorted(by_batch) and len(set(by_batch)) == 4
     assert by_length == sorted(by_length) and len(set(by_length)) == 4
 
 
 def test_ppo_monotone_in_response_length_and_batch():
     config = str(CONFIGS / "ppo.yaml")
-    by_response = [memory.plan_config(config, ["--response_length", str(n)], device=CPU).total for n in (16, 64, 256)]
+    by_response = [planner.plan_config(config, ["--response_length", str(n)], device=CPU).total for n in (16, 64, 256)]
     by_batch = [
-        memory.plan_config(config, ["--per_device_train_batch_size", str(b)], device=CPU).total for b in (1, 4, 16)
+        planner.plan_config(config, ["--per_device_train_batch_size", str(b)], device=CPU).total for b in (1, 4, 16)
     ]
     assert by_response == sorted(by_response) and len(set(by_response)) == 3
     assert by_batch == sorted(by_batch) and len(set(by_batch)) == 3
@@ -132,20 +139,20 @@ def test_ppo_monotone_in_response_length_and_batch():
 
 def test_ppo_four_models_and_their_options():
     config = str(QWEN_7B / "ppo.yaml") if QWEN_7B.is_dir() else str(CONFIGS / "ppo.yaml")
-    lora = memory.plan_config(config, ["--reward_model_load_in_4bit", "false"], device="cuda:80GiB")
-    four_bit = memory.plan_config(config, ["--reward_model_load_in_4bit", "true"], device="cuda:80GiB")
+    lora = planner.plan_config(config, ["--reward_model_load_in_4bit", "false"], device="cuda:80GiB")
+    four_bit = planner.plan_config(config, ["--reward_model_load_in_4bit", "true"], device="cuda:80GiB")
     assert item(four_bit, "reward model weights") < item(lora, "reward model weights")
     assert item(lora, "reference model (policy with its adapter disabled)") == 0
     full_ft = ["--use_peft", "false", "--load_in_4bit", "false", "--value_model_load_in_4bit", "false"]
-    full = memory.plan_config(config, full_ft, device="cuda:80GiB")
+    full = planner.plan_config(config, full_ft, device="cuda:80GiB")
     assert item(full, "reference model weights") == item(full, "policy weights")  # a second, frozen copy
     assert item(full, "value gradients") > 0  # without use_peft the value model trains every weight
 
 
 def test_sequence_length_override_plans_a_shorter_batch():
     config = str(CONFIGS / "reward.yaml")
-    worst = memory.plan_config(config, device=CPU)
-    short = memory.plan_config(config, device=CPU, sequence_length=64)
+    worst = planner.plan_config(config, device=CPU)
+    short = planner.plan_config(config, device=CPU, sequence_length=64)
     assert short.total < worst.total / 2
     assert "64 tokens" in short.setup
 
@@ -163,7 +170,7 @@ def test_calibration_still_matches_the_measured_peaks():
         overrides = row["overrides"]
         dropped = {"--model_name_or_path", "--reward_model_path", "--dataset_name", "--output_dir"}
         kept = [x for i in range(0, len(overrides), 2) if overrides[i] not in dropped for x in overrides[i : i + 2]]
-        plan = memory.plan_config(str(config), kept, device=CPU)
+        plan = planner.plan_config(str(config), kept, device=CPU)
         measured = row["measured_peak_rss_gib"] * GIB
         assert abs(plan.total - measured) <= 0.25 * measured, (row["stage"], plan.total / GIB, measured / GIB)
     if stale:
@@ -174,10 +181,10 @@ def test_calibration_still_matches_the_measured_peaks():
 
 
 def run_plan(argv, capsys) -> tuple[int, str, str]:
-    import plan
-
+    """recipes/plan.py in this process, run from its file as `python recipes/plan.py ARGV` would (never imported)."""
+    recipe = runpy.run_path(str(REPO / "recipes" / "plan.py"), run_name="plan_recipe")
     try:
-        cli.run(lambda: plan.main(argv))
+        cli.run(lambda: recipe["main"](argv))
         code = 0
     except SystemExit as exit:
         code = exit.code
