@@ -9,13 +9,15 @@ from __future__ import annotations
 import hashlib
 import json
 import runpy
+import shutil
 
 import pytest
 import yaml
 from conftest import CONFIGS, REPO
 
-from rlhf_recipes import cli
+from rlhf_recipes import cli, stages
 from rlhf_recipes import plan as planner
+from rlhf_recipes.plan import calibration
 from rlhf_recipes.plan.run import plannable
 
 GIB = 2**30
@@ -212,11 +214,152 @@ def test_cli_plans_several_configs_and_strict_exits_1(capsys):
         (["--config", str(CONFIGS / "data.yaml")], ["trains nothing"]),
         (["--config", str(CONFIGS / "sft.yaml"), "--learnin_rate", "4"], ["learnin_rate", "did you mean"]),
         (["--config", str(CONFIGS / "sft.yaml"), "--device", "tpu"], ["--device"]),
+        (["--config", str(CONFIGS / "sft.yaml"), "--device", "cpu:0GiB"], ["0GiB"]),
+        (["--config", str(CONFIGS / "sft.yaml"), "--device", "cpu:1.2.3GiB"], ["1.2.3GiB"]),
+        (["--config", str(CONFIGS / "sft.yaml"), "--sequence_length", "0"], ["--sequence_length"]),
+        (["--config", str(CONFIGS / "ppo.yaml"), "--prompt_length", "-4"], ["--prompt_length"]),
+        (["--config", str(CONFIGS / "sft.yaml"), "--sequence_length", "long"], ["--sequence_length"]),
+        (["--config", str(CONFIGS / "sft.yaml"), "--stage", "sfft"], ["--stage", "sfft"]),
+        (["--device", "cpu"], ["--config"]),
+        (["--config", str(CONFIGS / "sft.yaml"), "--learning_rate", "fast"], ["learning_rate", "fast"]),
+        # issue 16: a batch of 0 used to "fit" in negative GiB; the loader's range check refuses it
+        (
+            ["--config", str(CONFIGS / "sft.yaml"), "--per_device_train_batch_size", "0"],
+            ["per_device_train_batch_size"],
+        ),
+        (
+            ["--config", str(CONFIGS / "ppo.yaml"), "--per_device_train_batch_size", "0"],
+            ["per_device_train_batch_size"],
+        ),
+        (["--config", str(CONFIGS / "reward.yaml"), "--max_length", "-1"], ["max_length"]),
+        (
+            ["--config", str(CONFIGS / "pipeline.yaml"), "--per_device_train_batch_size", "0"],
+            ["stage 'cpt'", "per_device_train_batch_size"],
+        ),
+        (["--config", str(CONFIGS / "pipeline.yaml"), "--sft.lerning_rate", "1"], ["lerning_rate", "did you mean"]),
     ],
 )
 def test_bad_input_is_one_sentence_and_exit_2(argv, words, capsys):
-    code, _, err = run_plan(argv, capsys)
-    assert code == 2
+    code, out, err = run_plan(argv, capsys)
+    assert code == 2 and "fits" not in out
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in err
     assert all(word in lines[0] for word in words)
+
+
+# --- The registry: a stage's entry is all the planner needs ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("like", ["sft", "reward"])
+def test_a_throwaway_registered_stage_is_planned_with_no_other_change(like, tmp_path, capsys):
+    """A new stage with the LM planner hook and a YAML named after it plans like the shipped stage it copies: what it
+    makes (a reward model: a score head) and its columns (chosen + rejected: pairs) come from its registry entry."""
+    shipped = stages.get(like)
+    name = f"throwaway{like}"
+    stages.register(
+        stages.Stage(
+            name,
+            "a stage registered by a test",
+            shipped.config_types,
+            model_keys=dict(shipped.model_keys),
+            makes=shipped.makes,
+            columns=shipped.columns,
+            plan="rlhf_recipes.plan.estimate:plan_lm_stage",
+        )
+    )
+    try:
+        config = tmp_path / f"{name}.yaml"
+        shutil.copy(CONFIGS / f"{like}.yaml", config)
+        [plan] = planner.plan_file(str(config), device=CPU)
+        reference = planner.plan_config(str(CONFIGS / f"{like}.yaml"), device=CPU)
+        assert plan.stage == name
+        assert [(i.component, i.bytes) for i in plan.items] == [(i.component, i.bytes) for i in reference.items]
+        code, out, _ = run_plan(["--config", str(config), "--device", "cpu:64GiB"], capsys)
+        assert code == 0 and f"== {name}: {config}" in out and "fits:" in out
+    finally:
+        stages.unregister(name)
+
+
+def test_plans_only_the_stages_with_a_hook(capsys):
+    assert set(STAGE_NAMES) == {stage.name for stage in stages.all_stages() if stage.plan}
+    code, _, err = run_plan(["--config", str(CONFIGS / "eval.yaml")], capsys)
+    assert code == 2 and "trains nothing" in err
+
+
+# --- Precision: the one the loader resolved for the machine (issue 11) -----------------------------------------------
+
+
+def _machine(native: bool):
+    return lambda use_cpu=False: ("cpu", "AMX" if native else "AVX2", native)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_plan_uses_the_precision_resolved_for_the_machine(native, monkeypatch):
+    from rlhf_recipes import precision
+
+    monkeypatch.setattr(precision, "machine", _machine(native))
+    plan = planner.plan_config(str(CONFIGS / "sft.yaml"), device=CPU)  # bf16: auto, dtype: float32
+    copies = item(plan, "bf16/fp16 copies")
+    assert (copies > 0) is native  # autocast copies only when bf16 resolved true
+    assert plan.precision.startswith("bf16 compute" if native else "float32 compute")
+    assert ("no native bf16" in plan.precision) is not native and "auto ->" in plan.precision
+    assert plan.format().splitlines()[2].startswith("precision ")  # in the table's header
+    # PPO's `dtype: compute` stores the frozen weights in the resolved precision
+    ppo = planner.plan_config(str(CONFIGS / "ppo.yaml"), device=CPU)
+    assert item(ppo, "policy weights") == pytest.approx(134.5e6 * (2 if native else 4), rel=0.01)
+
+
+def test_explicit_bf16_is_honoured_and_warned_about_on_a_cpu_without_it(monkeypatch):
+    from rlhf_recipes import precision
+
+    monkeypatch.setattr(precision, "machine", _machine(False))
+    forced = planner.plan_config(str(CONFIGS / "sft.yaml"), ["--bf16", "true"], device=CPU)
+    assert item(forced, "bf16/fp16 copies") > 0 and "as configured" in forced.precision
+    assert any("without native bf16" in note for note in forced.notes)
+    monkeypatch.setattr(precision, "machine", _machine(True))
+    off = planner.plan_config(str(CONFIGS / "sft.yaml"), ["--bf16", "false"], device=CPU)
+    assert item(off, "bf16/fp16 copies") == 0 and off.precision.startswith("float32 compute")
+
+
+def test_pipeline_precision_option_reaches_every_stage(monkeypatch):
+    from rlhf_recipes import precision
+
+    monkeypatch.setattr(precision, "machine", _machine(True))
+    plans = planner.plan_file(str(CONFIGS / "pipeline.yaml"), ["--precision", "float32"], device=CPU)
+    assert all(p.precision.startswith("float32 compute") for p in plans)
+    assert all(item(p, "bf16/fp16 copies") == 0 for p in plans)
+
+
+# --- Models resolved without loading them; calibration as data -------------------------------------------------------
+
+
+def test_embedded_model_shape_is_the_converted_checkpoints(embedded_model_path):
+    """The shipped config the planner reads for embedded:SmolLM2-135M-Instruct has the converted checkpoint's shape."""
+    from rlhf_recipes.models import DEFAULT_MODEL
+    from rlhf_recipes.plan.shapes import model_shape
+
+    shipped, converted = model_shape(DEFAULT_MODEL), model_shape(str(embedded_model_path))
+    for key in ("architecture", "params", "linear_params", "layers", "hidden", "heads", "kv_heads", "vocab"):
+        assert getattr(shipped, key) == getattr(converted, key), key
+
+
+def test_calibration_is_read_from_its_file_and_written_by_the_bench(tmp_path):
+    plan = planner.plan_config(str(CONFIGS / "sft.yaml"), device=CPU)
+    assert item(plan, "process") == calibration.value("CPU_PROCESS_BASELINE") == 0.95 * GIB
+    assert all(entry["measured"] and entry["what"] for entry in calibration.load().values())
+    copy = tmp_path / "calibration.json"
+    shutil.copy(calibration.PATH, copy)
+    calibration.write({"CPU_STEP_MEMORY_FACTOR": 1.55}, "bench/memory.py, a test", path=copy)
+    written = calibration.load(copy)
+    assert written["CPU_STEP_MEMORY_FACTOR"]["value"] == 1.55
+    assert written["CPU_STEP_MEMORY_FACTOR"]["measured"] == "bench/memory.py, a test"
+    assert written["CPU_PROCESS_BASELINE"] == calibration.load()["CPU_PROCESS_BASELINE"]
+    with pytest.raises(KeyError):
+        calibration.write({"CPU_STEP_MEMORY_FACTR": 1.5}, "typo", path=copy)
+    with pytest.raises(ValueError):
+        calibration.write({"CUDA_CONTEXT": -1}, "negative", path=copy)
+
+
+def test_cpu_memory_is_read_from_the_machine():
+    device = planner.Device.cpu()
+    assert device.capacity and device.capacity > 0 and "available of" in device.label
