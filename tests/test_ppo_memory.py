@@ -29,18 +29,21 @@ def tiny_reward_path(tmp_path_factory, tiny_model_path):
 
 @pytest.fixture
 def trainers(monkeypatch):
-    """Every PPOTrainer the recipe builds, with a copy of its value model's parameters from before training."""
-    import ppo as recipe
+    """Every PPOTrainer the recipe builds, with a copy of its value model's parameters from before training.
+
+    The recipe is run from its file (never imported), and takes `PPOTrainer` from `rlhf_recipes.train.ppo` each time:
+    patched there, the recipe builds the recording subclass."""
+    from rlhf_recipes.train import ppo
 
     created = []
 
-    class Recording(recipe.PPOTrainer):
+    class Recording(ppo.PPOTrainer):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.value_before = {n: p.detach().clone() for n, p in self.value_model.named_parameters()}
             created.append(self)
 
-    monkeypatch.setattr(recipe, "PPOTrainer", Recording)
+    monkeypatch.setattr(ppo, "PPOTrainer", Recording)
     return created
 
 
@@ -64,9 +67,10 @@ FOUR_BIT_ON = ("--reward_model_load_in_4bit", "true", "--value_model_load_in_4bi
     [
         pytest.param(("--dtype", "float32", *FOUR_BIT_OFF), id="float32-lora-value"),
         pytest.param(("--dtype", "float32", *FOUR_BIT_ON), id="float32-4bit-reward-value"),
-        pytest.param((), id="shipped-config"),  # bfloat16 frozen weights, full-precision reward and value bases
-        pytest.param(FOUR_BIT_ON, id="bf16-4bit-reward-value"),
-        pytest.param(("--load_in_4bit", "true", *FOUR_BIT_ON), id="all-4bit"),
+        # dtype: compute (frozen weights in this machine's compute precision), full-precision reward and value bases
+        pytest.param((), id="shipped-config"),
+        pytest.param(("--dtype", "bfloat16", *FOUR_BIT_ON), id="bf16-4bit-reward-value"),
+        pytest.param(("--dtype", "bfloat16", "--load_in_4bit", "true", *FOUR_BIT_ON), id="all-4bit"),
     ],
 )
 def test_value_model_trains_through_lora_with_frozen_base(
