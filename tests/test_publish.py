@@ -21,9 +21,10 @@ import pytest
 from conftest import CONFIGS, DEMO, REPO
 from test_stages import run_stage
 
-from rlhf_recipes import cards, hub
+from rlhf_recipes import stages
 from rlhf_recipes.cli import UserError
 from rlhf_recipes.models import read_lineage, resolve_model_path
+from rlhf_recipes.publish import cards, hub
 
 TOKEN = "hf_rlhfRecipesTestToken0123456789abcdef"  # a fake token: every test that writes files looks for it
 PUBLISH_YAML = CONFIGS / "publish.yaml"
@@ -31,10 +32,8 @@ QUICK_CHECK = "--parity_samples 1 --parity_max_new_tokens 1"
 
 
 def publish(*overrides: str) -> dict:
-    """recipes/publish.py's main on the real publish.yaml with `overrides`, in-process."""
-    import publish as recipe
-
-    return recipe.main(hub.load_publish_config(PUBLISH_YAML, list(overrides)))
+    """recipes/publish.py on the real publish.yaml with `overrides`, in-process through the registry."""
+    return stages.get("publish").run(["--config", str(PUBLISH_YAML), *overrides])
 
 
 def files_containing(folder: Path, needle: str) -> list[str]:
@@ -69,7 +68,7 @@ def cpt_qlora(tmp_path_factory, tiny_model_path):
 @pytest.fixture()
 def card_inputs(tmp_path, sft_lora):
     """An evaluation folder (eval.json with the contract's fields, report.md, a plot), a data report folder (report.json,
-    report.md, histogram) and one extra plot, laid out as recipes/evaluate.py and recipes/prepare_data.py write them."""
+    report.md, histogram) and one extra plot, laid out as recipes/eval.py and recipes/prepare_data.py write them."""
     png = sft_lora / cards.TRAINING_CURVES
     results = [
         {"stage": "base", "task": "domain-qa", "dataset": "data/demo/qa", "metric": "accuracy", "value": 0.05},
@@ -226,17 +225,26 @@ def test_staging_replaces_only_its_own_folder(tmp_path):
     user_folder = tmp_path / "mine"
     user_folder.mkdir()
     (user_folder / "notes.txt").write_text("keep me")
-    with pytest.raises(UserError, match="already exists"):
-        with hub.staging(str(user_folder), overwrite=False):
-            pass
-    with pytest.raises(UserError, match="only replaces folders staged by publish.py"):
-        with hub.staging(str(user_folder), overwrite=True):
-            pass
+    for overwrite in (False, True):
+        with pytest.raises(UserError, match="is a folder this project did not write .notes.txt is in it."):
+            with hub.staging(str(user_folder), overwrite=overwrite):
+                pass
     assert (user_folder / "notes.txt").read_text() == "keep me"
     with pytest.raises(RuntimeError), hub.staging(str(tmp_path / "new"), overwrite=False) as folder:
         (folder / "half.bin").write_text("x")
         raise RuntimeError("interrupted")
     assert not (tmp_path / "new").exists() and [p.name for p in tmp_path.iterdir()] == ["mine"]
+    # An earlier staging of ours: kept without overwrite, replaced with it
+    ours = tmp_path / "ours"
+    with hub.staging(str(ours), overwrite=False) as folder:
+        (folder / "first.txt").write_text("1")
+    with pytest.raises(UserError, match="already holds an earlier publish staging output; set overwrite: true"):
+        with hub.staging(str(ours), overwrite=False):
+            pass
+    with hub.staging(str(ours), overwrite=True) as folder:
+        (folder / "second.txt").write_text("2")
+    assert (ours / "second.txt").is_file() and not (ours / "first.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "ours"]
 
 
 def test_adapter_only_needs_a_base_others_can_load(tmp_path, sft_lora):
