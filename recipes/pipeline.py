@@ -16,11 +16,10 @@ them even when unchanged.
 """
 
 from rlhf_recipes import cli
-from rlhf_recipes.pipeline import parse_argv, run_pipeline, summary
+from rlhf_recipes.pipeline import PipelineConfig, run_pipeline, summary
 
 
-def main(argv=None) -> list[dict]:
-    config, options = parse_argv(argv)
+def main(config: PipelineConfig, options: dict) -> list[dict]:
     rows = run_pipeline(config, only=options["only"], force=options["force"])
     print("\n" + summary(config, rows))
     return rows
@@ -32,4 +31,4 @@ if __name__ == "__main__":
     if {"-h", "--help"} & set(sys.argv[1:]):
         print(__doc__)
         sys.exit(0)
-    cli.run(main)
+    cli.run_recipe(__file__, main)  # parsed by the registry's pipeline stage (pipeline.parse_argv)
