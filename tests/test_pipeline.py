@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,25 +16,27 @@ import torch
 from conftest import CONFIGS, REPO
 from safetensors.torch import load_file
 
+from rlhf_recipes import stages
 from rlhf_recipes.cli import UserError
-from rlhf_recipes.pipeline import load_pipeline_config, run_pipeline
+from rlhf_recipes.pipeline import PipelineConfig, StageRun, parse_argv, run_pipeline, stage_hash
 
-# Small overrides of the real pipeline.yaml: 2 steps per stage, short answers, a few eval rows.
+# Small overrides of the real pipeline.yaml: 2 steps per stage, short answers, a few eval rows. Both override forms:
+# `--STAGE.KEY VALUE` and `--set STAGE.KEY=VALUE`.
 TINY_SETTINGS = (
     "cpt.max_steps=2", "sft.max_steps=2", "reward.max_steps=2",
     "ppo.total_episodes=4", "ppo.response_length=6", "ppo.per_device_train_batch_size=2", "ppo.num_ppo_epochs=1",
-    "evaluate.max_new_tokens=4", "evaluate.num_side_by_side=2", "evaluate.max_rows=8",
-    "card.parity_samples=2", "card.parity_max_new_tokens=4",
+    "ppo.min_reward_accuracy=0",  # a 2-step tiny reward model ranks pairs near chance: the gate would refuse it
+    "eval.max_new_tokens=4", "eval.num_side_by_side=2", "eval.max_rows=8",
 )  # fmt: skip
-TINY_OVERRIDES = [arg for setting in TINY_SETTINGS for arg in ("--set", setting)]
+TINY_OVERRIDES = [arg for setting in TINY_SETTINGS for arg in (f"--{setting.split('=')[0]}", setting.split("=")[1])]
+TINY_OVERRIDES += ["--set", "card.parity_samples=2", "--set", "card.parity_max_new_tokens=4"]
 
 
 def test_tiny_pipeline_runs_every_stage_end_to_end(tmp_path, tiny_model_path, monkeypatch):
-    import pipeline as pipeline_recipe
-
     monkeypatch.chdir(REPO)
     argv = ["--config", str(CONFIGS / "pipeline.yaml"), "--model", str(tiny_model_path), "--output_dir", str(tmp_path)]
-    rows = pipeline_recipe.main(argv + TINY_OVERRIDES)
+    pipeline = stages.get("pipeline")  # recipes/pipeline.py, run in-process through the registry
+    rows = pipeline.run(argv + TINY_OVERRIDES)
     assert [r["status"] for r in rows] == ["ran"] * 7
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     measured = {(r["stage"], r["metric"]) for r in report["results"]}
@@ -41,7 +44,7 @@ def test_tiny_pipeline_runs_every_stage_end_to_end(tmp_path, tiny_model_path, mo
         ("base", "perplexity"),
         ("cpt", "perplexity"),
         ("sft", "accuracy"),
-        ("ppo", "kl_to_sft"),
+        ("ppo", "kl_to_baseline"),
         ("reward", "accuracy"),
         ("ppo", "mean_reward"),
         ("sft", "mean_reward"),
@@ -51,7 +54,7 @@ def test_tiny_pipeline_runs_every_stage_end_to_end(tmp_path, tiny_model_path, mo
     assert [step["stage"] for step in chain] == ["cpt", "sft", "ppo"]
     assert (tmp_path / "logs" / "sft.log").stat().st_size > 0
 
-    rerun = pipeline_recipe.main(argv + TINY_OVERRIDES)  # nothing changed: every stage is skipped
+    rerun = pipeline.run(argv + TINY_OVERRIDES)  # nothing changed: every stage is skipped
     assert [r["status"] for r in rerun] == ["skipped"] * 7
     card = (tmp_path / "publish" / "README.md").read_text()
     assert "model-index" in card and "sft" in card
@@ -70,23 +73,44 @@ out.mkdir(parents=True, exist_ok=True)
 """
 
 
+@dataclass
+class FakeArgs:
+    """The keys the fake recipe takes, so that the pipeline's pre-parse of every stage command accepts them."""
+
+    output_dir: str
+    value: str = ""
+    fail: str = "no"
+
+
 @pytest.fixture
-def fake_pipeline(tmp_path):
-    """Three stand-in stages (a script that records that it ran): tests the orchestration, not the training."""
+def fake_stage(tmp_path):
+    """A stand-in stage (a script that records that it ran) in the registry: tests the orchestration, not training."""
     recipe = tmp_path / "fake_recipe.py"
     recipe.write_text(FAKE_RECIPE)
+    stage = stages.register(
+        stages.Stage("fake", "records that it ran", config_types=lambda: (FakeArgs,), role="tool", recipe=str(recipe))
+    )
+    yield stage
+    stages.unregister(stage.name)
+
+
+@pytest.fixture
+def fake_pipeline(tmp_path, fake_stage):
+    """Three runs of the fake stage, named a, b and c, chained by the pipeline."""
     config = tmp_path / "pipeline.yaml"
-    stages = [{"name": n, "recipe": str(recipe), "output": "{output_dir}/" + n, "args": {"value": "1"}} for n in "abc"]
-    config.write_text(json.dumps({"output_dir": str(tmp_path / "out"), "stages": stages}))
+    runs = [
+        {"stage": fake_stage.name, "name": n, "output": "{output_dir}/" + n, "args": {"value": "1"}} for n in "abc"
+    ]
+    config.write_text(json.dumps({"output_dir": str(tmp_path / "out"), "stages": runs}))
 
     def run(**changes):
-        loaded = load_pipeline_config(config)
-        for key, value in changes.items():
-            stage, arg = key.split("__")
-            next(s for s in loaded.stages if s.name == stage).args[arg] = value
+        argv = ["--config", str(config)]
+        for key, value in changes.items():  # b__value="2" -> --b.value 2
+            argv += ["--" + key.replace("__", "."), value]
+        loaded, options = parse_argv(argv)
         log = tmp_path / "out" / "runs.log"
         before = log.read_text().split() if log.exists() else []
-        run_pipeline(loaded)
+        run_pipeline(loaded, only=options["only"], force=options["force"])
         return log.read_text().split()[len(before) :]
 
     return run, tmp_path / "out"
@@ -102,16 +126,15 @@ def test_unchanged_stages_are_skipped_and_a_change_reruns_downstream(fake_pipeli
 
 
 def test_a_comment_in_a_stage_config_does_not_rerun_it(tmp_path):
-    from rlhf_recipes.pipeline import Stage, stage_hash
-
     config = tmp_path / "sft.yaml"
     config.write_text("learning_rate: 1.0e-4  # a comment\n")
-    stage = Stage(name="sft", recipe="recipes/sft.py", config=str(config))
-    before = stage_hash(stage, "")
+    run = StageRun(stage="sft", name="sft", config=str(config), output=str(tmp_path / "sft"))
+    pipeline = PipelineConfig(output_dir=str(tmp_path), stages=[run])
+    before = stage_hash(pipeline, run, "")
     config.write_text("learning_rate: 1.0e-4  # another comment\n\n")
-    assert stage_hash(stage, "") == before
+    assert stage_hash(pipeline, run, "") == before
     config.write_text("learning_rate: 2.0e-4\n")
-    assert stage_hash(stage, "") != before
+    assert stage_hash(pipeline, run, "") != before
 
 
 def test_interrupted_stage_reruns_in_place_and_a_failure_is_one_sentence(fake_pipeline):
@@ -130,16 +153,16 @@ def test_pipeline_refuses_to_touch_a_folder_it_did_not_make(fake_pipeline):
     run, out = fake_pipeline
     (out / "a").mkdir(parents=True)
     (out / "a" / "precious.txt").write_text("user data")
-    with pytest.raises(UserError, match="exists but this pipeline did not make it"):
+    with pytest.raises(UserError, match=r"is a folder this project did not write \(a is in it\)"):
         run()
     assert (out / "a" / "precious.txt").read_text() == "user data"
 
 
 def test_pipeline_config_is_strict(tmp_path):
     config = tmp_path / "pipeline.yaml"
-    config.write_text("output_dir: x\nstages:\n  - name: a\n    recipe: recipes/sft.py\n    ouput: y\n")
-    with pytest.raises(UserError, match="unknown key 'ouput' in .*stage 1; did you mean 'output'"):
-        load_pipeline_config(config)
+    config.write_text("output_dir: x\nstages:\n  - stage: sft\n    ouput: y\n")
+    with pytest.raises(UserError, match=r"unknown key 'stages\[0\]\.ouput' in .*pipeline.yaml; did you mean 'output'"):
+        parse_argv(["--config", str(config)])
 
 
 def _sft_command(tiny_model_path, output_dir, max_steps):
@@ -213,11 +236,11 @@ def test_sigkill_mid_stage_then_rerun_resumes_to_the_same_adapter(tmp_path, tiny
 
 def test_config_path_is_checked(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        load_pipeline_config(Path(tmp_path) / "missing.yaml")
+        parse_argv(["--config", str(Path(tmp_path) / "missing.yaml")])
 
 
 def test_resume_passes_over_a_checkpoint_cut_off_while_saving(tmp_path):
-    from rlhf_recipes.training import last_checkpoint
+    from rlhf_recipes.train.common import last_checkpoint
 
     assert last_checkpoint(str(tmp_path / "missing")) is None
     for step in (2, 10):
