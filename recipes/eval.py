@@ -1,19 +1,21 @@
-"""Evaluate any model, folder or adapter against the demo's held-out data, stage against stage.
+"""Evaluate models stage against stage on held-out data, with a judge the reward model never saw.
 
-    python recipes/evaluate.py --config configs/smollm2-135m/evaluate.yaml
-    python recipes/evaluate.py --sft_model outputs/smollm2-135m/sft --output_dir /tmp/eval   # one model alone
+    python recipes/eval.py --config configs/smollm2-135m/eval.yaml
+    python recipes/eval.py --config configs/smollm2-135m/eval.yaml --max_rows 8 --output_dir /tmp/eval
+    python recipes/eval.py --models '{sft: outputs/smollm2-135m/sft}' --output_dir /tmp/eval   # one model alone
 
-Writes eval.json (results, targets, side-by-side answers), report.md and PNG plots into `output_dir`.
+Each model is evaluated as the stage that made it (its lineage.json): perplexity and domain accuracy for every
+causal LM; for RL outputs and their baseline, sampled answers to held-out prompts scored by the reward model (mean
+with a bootstrap interval), the judge, KL to the baseline, answer length, the share cut without EOS and the
+reward-length correlation; the reward model's held-out pairwise accuracy. Writes eval.json, report.md and plots.
 """
 
-import sys
 from pathlib import Path
 
-# This file is named like the `evaluate` library: keep its folder off the import path so `import evaluate` finds it.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-from rlhf_recipes import cli  # noqa: E402
-from rlhf_recipes.evaluation import EvaluationArguments, run_evaluation, summary_table  # noqa: E402
+from rlhf_recipes import cli
+from rlhf_recipes.evaluation.config import EvaluationArguments
+from rlhf_recipes.evaluation.report import summary_table
+from rlhf_recipes.evaluation.run import run_evaluation
 
 
 def main(args: EvaluationArguments) -> dict:
@@ -24,4 +26,4 @@ def main(args: EvaluationArguments) -> dict:
 
 
 if __name__ == "__main__":
-    cli.run(lambda: main(*cli.parse_config((EvaluationArguments,))))
+    cli.run_recipe(__file__, main)

@@ -33,7 +33,6 @@ KEY_SETTINGS = ("kl_coef", "kl_estimator", "response_length", "temperature", "to
 def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: ModelConfig) -> dict:
     set_seed(training_args.seed)  # LoRA's A matrices start random
     check_model_options(training_args, model_args)
-    common.refuse_half_precision_full_fine_tune(model_args)
     accuracy = rl.check_reward_model(training_args.reward_model_path, training_args.min_reward_accuracy)
 
     # Models: policy (+ adapter-disabled reference) from SFT; reward and value models from the reward stage

@@ -12,9 +12,10 @@ from pathlib import Path
 
 from huggingface_hub import get_token
 
-from rlhf_recipes import cards, cli, hub
-from rlhf_recipes.hub import PublishArguments
+from rlhf_recipes import cli
 from rlhf_recipes.models import read_lineage, resolve_model_path
+from rlhf_recipes.publish import cards, hub
+from rlhf_recipes.publish.hub import PublishArguments
 
 
 def main(args: PublishArguments) -> dict:
@@ -116,4 +117,4 @@ def main(args: PublishArguments) -> dict:
 
 
 if __name__ == "__main__":
-    cli.run(lambda: main(*cli.parse_config((PublishArguments,))))
+    cli.run_recipe(__file__, main)

@@ -135,7 +135,7 @@ def test_all_formats_example_config(tmp_path, tokenizer_path, tokenizer, monkeyp
             for r in prepare_data(
                 [
                     "--config",
-                    "configs/data-examples/all-formats.yaml",
+                    "configs/data-examples/all-formats.data.yaml",
                     "--output_root",
                     str(out),
                     "--tokenizer",

@@ -63,7 +63,8 @@ def parse_config(
     hints = flat_hints(dataclass_types)
     parsed, where = load_flat(dataclass_types, args, resolve=resolve)
     if "precision" in chosen:
-        precision_module.log_choice(chosen["precision"])
+        if check_paths:  # a run, not a check of a config (the pipeline and the planner parse without running)
+            precision_module.log_choice(chosen["precision"])
         for config in parsed:
             if hasattr(config, "bf16"):
                 config.precision = chosen["precision"]

@@ -51,7 +51,9 @@ def read_yaml(path: str | Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise UserError(f"{path} is not valid YAML ({' '.join(str(error).split())}); fix the file and rerun.") from None
+        raise UserError(
+            f"{path} is not valid YAML ({' '.join(str(error).split())}); fix the file and rerun."
+        ) from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -95,7 +97,9 @@ def set_dotted(tree: dict, dotted: str, value) -> None:
         last = depth == len(parts) - 1
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise UserError(f"command-line key '--{dotted}' has '{part}' where an index below {len(node)} belongs.")
+                raise UserError(
+                    f"command-line key '--{dotted}' has '{part}' where an index below {len(node)} belongs."
+                )
             index = int(part)
         elif isinstance(node, dict):
             index = part
@@ -256,7 +260,9 @@ def build(cls, data, key: str, where: Origin):
             values[f.name] = coerce(hints[f.name], data[f.name], prefix + f.name, where)
         elif f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             help_text = f.metadata.get("help", "")
-            raise UserError(f"key '{prefix}{f.name}' is missing {where(prefix + f.name)}; it is required ({help_text}).")
+            raise UserError(
+                f"key '{prefix}{f.name}' is missing {where(prefix + f.name)}; it is required ({help_text})."
+            )
     try:
         return cls(**values)
     except (ValueError, TypeError) as error:
@@ -272,7 +278,9 @@ def load_nested(cls, argv: list[str] | None = None, path: str | None = None, pre
     config_path, overrides = split_argv(argv)
     config_path = path or config_path
     if config_path is None:
-        raise UserError("--config is required: pass the YAML file to run, e.g. --config configs/smollm2-135m/data.yaml.")
+        raise UserError(
+            "--config is required: pass the YAML file to run, e.g. --config configs/smollm2-135m/data.yaml."
+        )
     raw = read_yaml(config_path)
     for key, value in overrides:
         set_dotted(raw, key, value)

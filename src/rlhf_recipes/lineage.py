@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-import json
 import shlex
 import sys
 from pathlib import Path

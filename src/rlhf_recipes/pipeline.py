@@ -64,12 +64,18 @@ class PipelineConfig:
 
 
 def _fill(text, variables: dict, where: str):
-    """`{output_dir}` and `{model}` filled in; any other placeholder is one sentence."""
+    """`{output_dir}` and `{model}` filled in (inside lists and mappings too); any other placeholder is one sentence."""
+    if isinstance(text, dict):
+        return {k: _fill(v, variables, f"{where}.{k}") for k, v in text.items()}
+    if isinstance(text, list):
+        return [_fill(v, variables, where) for v in text]
     if not isinstance(text, str):
         return text
     for _, name, _, _ in string.Formatter().parse(text):
         if name is not None and name not in variables:
-            raise UserError(f"{where} uses the placeholder {{{name}}}; the known ones are {{output_dir}} and {{model}}.")
+            raise UserError(
+                f"{where} uses the placeholder {{{name}}}; the known ones are {{output_dir}} and {{model}}."
+            )
     return text.format(**variables)
 
 
@@ -80,7 +86,9 @@ def parse_argv(argv: list[str] | None = None) -> tuple[PipelineConfig, dict]:
     argv = list(sys.argv[1:] if argv is None else argv)
     path, overrides = split_argv(argv)
     if path is None:
-        raise UserError("--config is required: pass a pipeline YAML, e.g. --config configs/smollm2-135m/pipeline.yaml.")
+        raise UserError(
+            "--config is required: pass a pipeline YAML, e.g. --config configs/smollm2-135m/pipeline.yaml."
+        )
     raw = read_yaml(path)
     options, stage_overrides, top = {"stages": None, "force": False}, [], {}
     for key, value in overrides:
@@ -128,6 +136,8 @@ def parse_argv(argv: list[str] | None = None) -> tuple[PipelineConfig, dict]:
 
 
 def _value_text(value) -> list[str]:
+    if isinstance(value, dict):
+        return [json.dumps(value)]
     if isinstance(value, list):
         return [str(v) for v in value]
     if isinstance(value, bool):
@@ -269,7 +279,9 @@ def run_pipeline(config: PipelineConfig, only: list[str] | None = None, force: b
         print(f"{banner} · {clock.forecast(run)}\n   {' '.join(command(config, run))}", flush=True)
         if output.exists() and entry.get("hash") != digest:
             if not entry:
-                raise UserError(f"{output} exists but this pipeline did not make it; move it away or change output_dir.")
+                raise UserError(
+                    f"{output} exists but this pipeline did not make it; move it away or change output_dir."
+                )
             set_aside(output)
         manifest.record(run.name, hash=digest, status="running")
         clock.start(run)
@@ -284,7 +296,9 @@ def run_pipeline(config: PipelineConfig, only: list[str] | None = None, force: b
         seconds = clock.stop(run)
         if code != 0:
             manifest.record(run.name, hash=digest, status="failed", seconds=seconds)
-            raise UserError(f"stage '{run.name}' failed (exit code {code}); its log is {output_dir}/logs/{run.name}.log.")
+            raise UserError(
+                f"stage '{run.name}' failed (exit code {code}); its log is {output_dir}/logs/{run.name}.log."
+            )
         manifest.record(run.name, hash=digest, status="done", seconds=seconds)
         rows.append({"stage": run.name, "status": "ran", "seconds": seconds})
     return rows

@@ -56,8 +56,8 @@ class PipelineClock:
     def __init__(self, config, only, manifest):
         self.config, self.only, self.manifest = config, only, manifest
         self.started, self.stage_started, self.pace = time.time(), None, None
-        self.machine_factor = self._machine_factor()
         self.remaining = [run for run in config.stages if not only or run.name in only]
+        self.machine_factor = self._machine_factor()
 
     def _machine_factor(self) -> float | None:
         """Reference float32 GFLOP/s / this machine's GFLOP/s in the precision the stages will compute in."""

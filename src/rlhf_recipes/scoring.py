@@ -23,10 +23,9 @@ def _messages(value) -> list[dict]:
 
 def training_ids(tokenizer, prompt, completion) -> list[int]:
     """Token ids of (prompt, completion) exactly as TRL's RewardTrainer tokenizes a training pair."""
-    from trl.data_utils import _tokenize, is_conversational
+    from trl.data_utils import _tokenize
 
-    example = {"prompt": prompt, "completion": completion}
-    if is_conversational(example):
+    if not isinstance(prompt, str) or not isinstance(completion, str):  # conversational (messages on either side)
         if isinstance(completion, str):
             completion = [{"role": "assistant", "content": completion}]
         return list(_tokenize(tokenizer, _messages(prompt) + list(completion))["input_ids"])
@@ -104,7 +103,5 @@ class RewardScorer:
         """Scores of PPO rollouts (left-padded queries, answers cut at the stop token and padded)."""
         if self._turns is None:
             self._turns = TurnRenderer(self.tokenizer)
-        sequences = [
-            self._turns.ids(q.tolist(), a.tolist(), pad_token_id) for q, a in zip(query_ids, answer_ids)
-        ]
+        sequences = [self._turns.ids(q.tolist(), a.tolist(), pad_token_id) for q, a in zip(query_ids, answer_ids)]
         return self.score_ids(sequences)

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cli import UserError, suggest
-
 from .models import CAUSAL_LM, REWARD_MODEL
+
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"  # a source checkout's recipes/ (a wheel has none)
 
 
@@ -108,7 +108,9 @@ def unregister(name: str) -> None:
 def get(name: str) -> Stage:
     """The stage called `name`; an unknown name is one sentence with the valid ones."""
     if name not in _REGISTRY:
-        raise UserError(f"unknown stage '{name}'{suggest(name, list(_REGISTRY))} The stages are: {', '.join(_REGISTRY)}.")
+        raise UserError(
+            f"unknown stage '{name}'{suggest(name, list(_REGISTRY))} The stages are: {', '.join(_REGISTRY)}."
+        )
     return _REGISTRY[name]
 
 
@@ -223,7 +225,7 @@ register(
     Stage(
         "eval",
         "evaluation of every stage against the one before it, on held-out data",
-        _types("rlhf_recipes.evaluation.run.EvaluationArguments"),
+        _types("rlhf_recipes.evaluation.config.EvaluationArguments"),
         role="eval",
     )
 )

@@ -85,10 +85,16 @@ def check_values(parsed: tuple, origin=None) -> None:
             if not good:
                 where = origin(key) if origin else "in the config"
                 raise UserError(f"key '{key}' {where} is {value!r}, but it {must}; fix it.")
+        if getattr(config, "use_peft", True) is False and getattr(config, "dtype", None) in ("bfloat16", "float16"):
+            # full fine-tuning updates the weights themselves: in half precision an AdamW step of 1e-5 rounds away
+            raise UserError(
+                f"use_peft: false with dtype: {config.dtype} trains half-precision weights, whose small updates round "
+                "away; set dtype: float32 (autocast still computes in bf16 where the hardware has it) or use_peft: true."
+            )
 
 
 def producing_stage_hint(path: str) -> str:
-    """"run the sft stage first" when a missing folder is named like a stage's output."""
+    """ "run the sft stage first" when a missing folder is named like a stage's output."""
     from . import stages
 
     name = Path(path).name

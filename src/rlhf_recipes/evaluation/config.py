@@ -18,7 +18,9 @@ class EvaluationArguments:
         "says which, stages.py says what that stage is measured on); the one named `base` is the starting point.",
         default_factory=lambda: {"base": DEFAULT_MODEL},
     )
-    reward_model: str | None = _help("the reward model to score with (and whose pairwise accuracy is measured)", default=None)
+    reward_model: str | None = _help(
+        "the reward model to score with (and whose pairwise accuracy is measured)", default=None
+    )
     judge: str = _help(
         "the judge the reward model never saw: `demo` (rule-based over the demo world's facts and styles), "
         "`reward:<folder>` (a held-out reward model, not the trained one), `lm:<model>` (a judge LM with a rubric), "

@@ -38,7 +38,11 @@ class LoadedModel:
         nll_sums, counts = [], []
         for start in range(0, len(texts), batch_size):
             batch = self.tokenizer(
-                texts[start : start + batch_size], return_tensors="pt", padding=True, truncation=True, max_length=max_length
+                texts[start : start + batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=max_length,
             ).to(self.device)
             logits = self.model(**batch).logits[:, :-1].float()
             targets, mask = batch["input_ids"][:, 1:], batch["attention_mask"][:, 1:]
@@ -48,7 +52,9 @@ class LoadedModel:
         return nll_sums, counts
 
     @torch.no_grad()
-    def answers(self, prompts: list, max_new_tokens: int, batch_size: int, temperature: float | None = None) -> list[Answer]:
+    def answers(
+        self, prompts: list, max_new_tokens: int, batch_size: int, temperature: float | None = None
+    ) -> list[Answer]:
         """Greedy answers, or sampled ones at `temperature` (top-k and top-p off, as PPO samples)."""
         from transformers import GenerationConfig
 
@@ -69,10 +75,16 @@ class LoadedModel:
                 chats, add_generation_prompt=True, return_tensors="pt", return_dict=True, padding=True
             ).to(self.device)
             sequences = self.model.generate(**batch, generation_config=config)
-            for row, prompt_ids, mask in zip(sequences[:, batch["input_ids"].shape[1] :], batch["input_ids"], batch["attention_mask"]):
+            for row, prompt_ids, mask in zip(
+                sequences[:, batch["input_ids"].shape[1] :], batch["input_ids"], batch["attention_mask"]
+            ):
                 ids = row.tolist()
                 ended = self.tokenizer.eos_token_id in ids
-                ids = ids[: ids.index(self.tokenizer.eos_token_id) + 1] if ended else [t for t in ids if t != self.tokenizer.pad_token_id]
+                ids = (
+                    ids[: ids.index(self.tokenizer.eos_token_id) + 1]
+                    if ended
+                    else [t for t in ids if t != self.tokenizer.pad_token_id]
+                )
                 text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
                 out.append(Answer(text, prompt_ids[mask.bool()].tolist(), ids, ended))
         return out

@@ -1,58 +1,29 @@
-"""Measure every stage against the one before it, with local `evaluate` modules (the Hub is out of reach).
+"""Measure every model against the one before it, on held-out data, and say only what was measured.
 
-- held-out perplexity on domain text (base vs CPT, and every other model given);
-- accuracy on held-out domain questions, normalised answer matching (base vs SFT vs PPO);
-- the reward model's pairwise accuracy on held-out preference pairs;
-- PPO: mean reward on held-out prompts against the SFT model's, and the KL to the SFT reference;
-- side-by-side answers, `eval.json`, `report.md` and PNG plots (loss curves, PPO reward and KL).
+Each model given in `models:` is evaluated as the stage that made it (its lineage.json; stages.py says what that
+stage is): every causal LM on held-out perplexity and domain accuracy (greedy, normalised answer matching); RL
+outputs and their baselines on sampled answers to held-out prompts: mean reward (the one scoring path), the judge
+the reward model never saw, KL to the baseline, answer length, the share cut without an end-of-turn token and the
+reward-length correlation; the reward model on held-out pairs. Targets whose inputs are missing are "not measured".
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass, field
+import math
 from pathlib import Path
 
+from .. import stages
 from ..cli import UserError
-from ..models import DEFAULT_MODEL, load_tokenizer, read_lineage, resolve_model_path
+from ..models import CAUSAL_LM, REWARD_MODEL, model_kind, read_lineage
+from ..validation import check_model
+from .config import EvaluationArguments
+from .loaded import LoadedModel, as_messages
+from .probes import correlation, mean_interval, paired_difference
+from .targets import check_targets, reward_label
 
 logger = logging.getLogger(__name__)
 METRICS = Path(__file__).parent / "metrics"
-CAUSAL_STAGES = ("base", "cpt", "sft", "ppo")
-
-
-@dataclass
-class EvaluationArguments:
-    base_model: str = field(default=DEFAULT_MODEL, metadata={"help": "The starting model (embedded, Hub id, folder)."})
-    cpt_model: str | None = field(default=None, metadata={"help": "Continued-pretraining output to evaluate."})
-    sft_model: str | None = field(default=None, metadata={"help": "SFT output to evaluate."})
-    ppo_model: str | None = field(default=None, metadata={"help": "PPO output to evaluate (needs sft_model for KL)."})
-    reward_model: str | None = field(
-        default=None, metadata={"help": "Reward model output to evaluate and score with."}
-    )
-    text_dataset: str = field(default="data/demo/cpt", metadata={"help": "Held-out domain text (`text` column)."})
-    qa_dataset: str = field(default="data/demo/qa", metadata={"help": "Held-out questions (`question`, `answer`)."})
-    preference_dataset: str = field(default="data/demo/preferences", metadata={"help": "Held-out preference pairs."})
-    prompt_dataset: str = field(default="data/demo/prompts", metadata={"help": "Held-out PPO prompts."})
-    eval_split: str = field(default="test", metadata={"help": "The split of every dataset above to evaluate on."})
-    max_rows: int | None = field(default=None, metadata={"help": "Evaluate only the first N rows of each set."})
-    output_dir: str = field(default="outputs/smollm2-135m/eval", metadata={"help": "Where eval.json, report.md go."})
-    max_new_tokens: int = field(default=48, metadata={"help": "Tokens generated per answer."})
-    batch_size: int = field(default=16, metadata={"help": "Sequences per forward pass or generate call."})
-    max_length: int = field(default=512, metadata={"help": "Longest tokenized text scored."})
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature for the reward and KL answers."})
-    num_side_by_side: int = field(default=5, metadata={"help": "Questions shown with every stage's answer."})
-    seed: int = 0
-    bf16: bool = field(
-        default=True, metadata={"help": "On CPU, run forward passes under bf16 autocast (as training)."}
-    )
-    target_perplexity_ratio: float = field(default=0.8, metadata={"help": "CPT perplexity must be <= this x base."})
-    target_sft_accuracy_gain: float = field(default=0.20, metadata={"help": "SFT accuracy must be >= base + this."})
-    target_reward_accuracy: float = field(default=0.80, metadata={"help": "Reward model pairwise accuracy target."})
-    target_ppo_accuracy_drop: float = field(
-        default=0.05, metadata={"help": "PPO accuracy may fall this much below SFT."}
-    )
 
 
 def load_metric(name: str):
@@ -61,301 +32,243 @@ def load_metric(name: str):
     return evaluate.load(str(METRICS / name))
 
 
-def _split(name: str, split: str, columns: tuple[str, ...], max_rows: int | None = None):
+def load_split(name: str, split: str, columns: tuple[str, ...], max_rows: int | None = None):
+    """One held-out split, checked for `columns`, cut to its first `max_rows` rows."""
     from datasets import load_dataset
 
     try:
         dataset = load_dataset(name, split=split)
-    except (FileNotFoundError, ValueError) as error:
+    except Exception as error:  # datasets raises many kinds for unreadable data; all are the user's to fix
         raise UserError(f"cannot load the '{split}' split of {name}: {' '.join(str(error).split())[:200]}") from None
     missing = [c for c in columns if c not in dataset.column_names]
     if missing:
         raise UserError(
             f"{name} ({split}) lacks column(s) {', '.join(missing)}; it has {', '.join(dataset.column_names)}."
         )
-    return dataset
+    if len(dataset) == 0:
+        raise UserError(f"{name} ({split}) has no rows.")
+    return dataset.select(range(min(max_rows, len(dataset)))) if max_rows else dataset
 
 
-def _as_messages(prompt) -> list[dict]:
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+def _result(model, task, dataset, metric, value, low=None, high=None, n=None) -> dict:
+    entry = {"stage": model, "task": task, "dataset": dataset, "metric": metric, "value": _round(value)}
+    if low is not None and not math.isnan(low):
+        entry.update(low=_round(low), high=_round(high))
+    if n is not None:
+        entry["n"] = n
+    return entry
 
 
-class LoadedModel:
-    """A causal LM (adapters merged through the cache) with its tokenizer, padded on the left for generation."""
+def _round(value):
+    return round(float(value), 4) if value is not None and not math.isnan(float(value)) else None
 
-    def __init__(self, model_name_or_path: str):
-        import torch
-        from transformers import AutoModelForCausalLM
 
-        path = resolve_model_path(model_name_or_path)
-        self.tokenizer = load_tokenizer(path, padding_side="left")
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-
-    def perplexity_terms(self, texts: list[str], max_length: int, batch_size: int) -> tuple[list[float], list[int]]:
-        import torch
-
-        nll_sums, counts = [], []
-        for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer(
-                texts[start : start + batch_size],
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=max_length,
+def describe_models(args: EvaluationArguments) -> dict[str, dict]:
+    """name -> {path, stage (registry name or None for a base model), role}; every model checked for its kind."""
+    described = {}
+    for name, path in args.models.items():
+        if not path:
+            continue
+        check_model(path, f"models.{name}", CAUSAL_LM, "")
+        if model_kind(path) == REWARD_MODEL:
+            raise UserError(
+                f"models.{name}={path} is a reward model; give it as reward_model, not as a model to answer."
             )
-            with torch.no_grad():
-                logits = self.model(**batch).logits[:, :-1].float()
-            targets, mask = batch["input_ids"][:, 1:], batch["attention_mask"][:, 1:]
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none") * mask
-            nll_sums += nll.sum(1).tolist()
-            counts += mask.sum(1).tolist()
-        return nll_sums, counts
-
-    def generate(self, prompts: list, max_new_tokens: int, batch_size: int, temperature: float | None = None):
-        """Answers (text) and the token ids of prompt + answer, greedy unless a temperature is given."""
-        import torch
-
-        answers, sequences = [], []
-        for start in range(0, len(prompts), batch_size):
-            chats = [_as_messages(p) for p in prompts[start : start + batch_size]]
-            batch = self.tokenizer.apply_chat_template(
-                chats, add_generation_prompt=True, return_tensors="pt", return_dict=True, padding=True
-            )
-            sampling = {"do_sample": True, "temperature": temperature} if temperature else {"do_sample": False}
-            with torch.no_grad():
-                output = self.model.generate(
-                    **batch, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **sampling
-                )
-            new_tokens = output[:, batch["input_ids"].shape[1] :]
-            answers += self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            for row, prompt_ids, mask in zip(new_tokens, batch["input_ids"], batch["attention_mask"]):
-                keep = row.tolist()
-                if self.tokenizer.eos_token_id in keep:
-                    keep = keep[: keep.index(self.tokenizer.eos_token_id) + 1]
-                sequences.append((prompt_ids[mask.bool()].tolist(), keep))
-        return [a.strip() for a in answers], sequences
-
-    def response_logprob(self, sequences: list[tuple[list[int], list[int]]]) -> list[float]:
-        """Summed log-probability of each response given its prompt."""
-        import torch
-
-        totals = []
-        for prompt_ids, response_ids in sequences:
-            ids = torch.tensor([prompt_ids + response_ids])
-            with torch.no_grad():
-                logprobs = torch.log_softmax(self.model(ids).logits[0, :-1].float(), -1)
-            picked = logprobs[len(prompt_ids) - 1 :].gather(1, ids[0, len(prompt_ids) :, None])
-            totals.append(picked.sum().item())
-        return totals
-
-
-class RewardScorer:
-    def __init__(self, model_name_or_path: str):
-        import torch
-        from transformers import AutoModelForSequenceClassification
-
-        path = resolve_model_path(model_name_or_path)
-        self.tokenizer = load_tokenizer(path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32).eval()
-
-    def score(self, conversations: list[list[dict]], batch_size: int, max_length: int) -> list[float]:
-        import torch
-
-        scores = []
-        for start in range(0, len(conversations), batch_size):
-            texts = [
-                self.tokenizer.apply_chat_template(c, tokenize=False)
-                for c in conversations[start : start + batch_size]
-            ]
-            batch = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
-            with torch.no_grad():
-                scores += self.model(**batch).logits[:, 0].float().tolist()
-        return scores
-
-
-def _result(stage, task, dataset, metric, value) -> dict:
-    return {"stage": stage, "task": task, "dataset": dataset, "metric": metric, "value": round(float(value), 4)}
+        lineage = read_lineage(path) if Path(path).is_dir() else None
+        stage = lineage.get("stage") if lineage else None
+        spec = stages.get(stage) if stage in stages.names() else None
+        described[name] = {"path": path, "stage": stage, "role": spec.role if spec else "base", "spec": spec}
+    if args.reward_model:
+        check_model(args.reward_model, "reward_model", REWARD_MODEL, "")
+    for info in described.values():  # an RL model is compared with the model of its baseline stage
+        spec = info["spec"]
+        info["baseline"] = None
+        if spec is not None and spec.baseline:
+            info["baseline"] = next((n for n, i in described.items() if i["stage"] == spec.baseline), None)
+    return described
 
 
 def run_evaluation(args: EvaluationArguments) -> dict:
     import torch
 
-    on_cpu = not torch.cuda.is_available()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16 and on_cpu):
-        report = _evaluate(args)
+    from .. import fs
+    from .report import write_report
+
+    fs.check_output_folder(args.output_dir, "output_dir", "", what="evaluation")  # before any work, not after
+    on_cpu = not torch.cuda.is_available() or args.use_cpu
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(args.bf16) and on_cpu):
+        report = evaluate_models(args)
     write_report(report, args)
     return report
 
 
-def _evaluate(args: EvaluationArguments) -> dict:
+def evaluate_models(args: EvaluationArguments) -> dict:
     import torch
     from tqdm.auto import tqdm
 
-    torch.manual_seed(args.seed)
-    stages = {s: getattr(args, f"{s}_model") for s in CAUSAL_STAGES if getattr(args, f"{s}_model")}
-    texts = _split(args.text_dataset, args.eval_split, ("text",), args.max_rows)["text"]
-    qa = _split(args.qa_dataset, args.eval_split, ("question", "answer"), args.max_rows)
+    described = describe_models(args)
+    sampled_names = {n for n, i in described.items() if i["role"] == "rl"} | {
+        i["baseline"] for i in described.values() if i["baseline"]
+    }
+    texts = load_split(args.text_dataset, args.eval_split, ("text",), args.max_rows)["text"]
+    qa = load_split(args.qa_dataset, args.eval_split, ("question", "answer"), args.max_rows)
     references = [[row["answer"], *(row.get("aliases") or [])] for row in qa]
-    prompts = (
-        _split(args.prompt_dataset, args.eval_split, ("prompt",), args.max_rows)["prompt"] if "ppo" in stages else []
-    )
+    prompts = []
+    if sampled_names:
+        prompts = list(load_split(args.prompt_dataset, args.eval_split, ("prompt",), args.max_rows)["prompt"])
+    sample_prompts = [p for p in prompts for _ in range(args.samples_per_prompt)]
     perplexity, accuracy = load_metric("token_perplexity"), load_metric("domain_accuracy")
-    results, answers, sampled, kept = [], {}, {}, {}
+    results, greedy, sampled, kept = [], {}, {}, {}
+    counts = {"text": len(texts), "qa": len(qa), "prompts": len(prompts), "sampled_answers": len(sample_prompts)}
 
-    for stage, path in tqdm(stages.items(), desc="Evaluating models", unit="model"):
-        logger.info("Evaluating %s: %s", stage, path)
-        loaded = LoadedModel(path)
-        nll_sums, counts = loaded.perplexity_terms(texts, args.max_length, args.batch_size)
-        ppl = perplexity.compute(nll_sums=nll_sums, token_counts=counts)["perplexity"]
-        results.append(_result(stage, "held-out-perplexity", args.text_dataset, "perplexity", ppl))
-        answers[stage], _ = loaded.generate(qa["question"], args.max_new_tokens, args.batch_size)
-        acc = accuracy.compute(predictions=answers[stage], references=references)["accuracy"]
-        results.append(_result(stage, "domain-qa", args.qa_dataset, "accuracy", acc))
-        if stage in ("sft", "ppo") and prompts:
-            torch.manual_seed(args.seed)
-            sampled[stage] = loaded.generate(prompts, args.max_new_tokens, args.batch_size, args.temperature)
-            kept[stage] = loaded
-        else:
-            del loaded
-
-    if "ppo" in sampled and "sft" in kept:  # KL(PPO || SFT) estimated on PPO's own samples
-        sequences = sampled["ppo"][1]
-        kl = [p - s for p, s in zip(kept["ppo"].response_logprob(sequences), kept["sft"].response_logprob(sequences))]
-        results.append(_result("ppo", "held-out-prompts", args.prompt_dataset, "kl_to_sft", sum(kl) / len(kl)))
+    for name, info in tqdm(described.items(), desc="Evaluating models", unit="model"):
+        logger.info("Evaluating %s (%s): %s", name, info["stage"] or "base model", info["path"])
+        loaded = LoadedModel(info["path"])
+        nll_sums, token_counts = loaded.perplexity_terms(texts, args.max_length, args.batch_size)
+        value = perplexity.compute(nll_sums=nll_sums, token_counts=token_counts)["perplexity"]
+        results.append(_result(name, "held-out-perplexity", args.text_dataset, "perplexity", value, n=len(texts)))
+        greedy[name], _ = loaded.generate(qa["question"], args.max_new_tokens, args.batch_size)
+        value = accuracy.compute(predictions=greedy[name], references=references)["accuracy"]
+        results.append(_result(name, "domain-qa", args.qa_dataset, "accuracy", value, n=len(qa)))
+        if name in sampled_names:
+            torch.manual_seed(args.seed)  # every model samples with the same seeds: paired comparisons
+            sampled[name] = loaded.answers(sample_prompts, args.max_new_tokens, args.batch_size, args.temperature)
+            baseline = info["baseline"]
+            if baseline in kept:
+                results += kl_results(name, loaded, kept[baseline], sampled[name], args)
+            if any(i["baseline"] == name for i in described.values()):
+                kept[name] = loaded  # RL models after it need its log-probs for their KL
     kept.clear()
 
+    scores = {}
     if args.reward_model:
-        scorer = RewardScorer(args.reward_model)
-        pairs = _split(args.preference_dataset, args.eval_split, ("prompt", "chosen", "rejected"), args.max_rows)
+        from ..scoring import RewardScorer
 
-        def conversations(column):
-            return [
-                _as_messages(r["prompt"]) + _as_messages(r[column])
-                if not isinstance(r[column], str)
-                else _as_messages(r["prompt"]) + [{"role": "assistant", "content": r[column]}]
-                for r in pairs
-            ]
-
-        chosen = scorer.score(conversations("chosen"), args.batch_size, args.max_length)
-        rejected = scorer.score(conversations("rejected"), args.batch_size, args.max_length)
-        pairwise = load_metric("pairwise_accuracy").compute(chosen_rewards=chosen, rejected_rewards=rejected)
-        results.append(
-            _result("reward", "preference-pairs", args.preference_dataset, "accuracy", pairwise["accuracy"])
+        scorer = RewardScorer.from_path(args.reward_model, args.batch_size)
+        pairs = load_split(args.preference_dataset, args.eval_split, ("prompt", "chosen", "rejected"), args.max_rows)
+        chosen, rejected = (
+            scorer.score(pairs["prompt"], pairs["chosen"]),
+            scorer.score(pairs["prompt"], pairs["rejected"]),
         )
-        for stage, (stage_answers, _) in sampled.items():
-            rewards = scorer.score(
-                [_as_messages(p) + [{"role": "assistant", "content": a}] for p, a in zip(prompts, stage_answers)],
-                args.batch_size,
-                args.max_length,
-            )
-            results.append(
-                _result(stage, "held-out-prompts", args.prompt_dataset, "mean_reward", sum(rewards) / len(rewards))
-            )
+        value = load_metric("pairwise_accuracy").compute(chosen_rewards=chosen, rejected_rewards=rejected)["accuracy"]
+        results.append(
+            _result(reward_label(args), "preference-pairs", args.preference_dataset, "accuracy", value, n=len(pairs))
+        )
+        counts["pairs"] = len(pairs)
+        for name, answers in sampled.items():
+            scores[name] = scorer.score(sample_prompts, [a.text for a in answers])
+    judged = judge_answers(args, sample_prompts, sampled)
+    for name, answers in sampled.items():
+        results += sample_results(name, answers, scores.get(name), judged.get(name), args)
+    for name, info in described.items():
+        if info["baseline"] in sampled and name in sampled:
+            results += comparison_results(name, info["baseline"], scores, judged, args)
 
     side_by_side = [
-        {"question": q, "reference": ref[0], **{stage: answers[stage][i] for stage in answers}}
+        {"question": q, "reference": ref[0], **{name: greedy[name][i] for name in greedy}}
         for i, (q, ref) in enumerate(zip(qa["question"][: args.num_side_by_side], references))
     ]
-    report = {
-        "models": {**stages, "reward": args.reward_model},
+    examples = [
+        {"prompt": as_messages(p)[-1]["content"], **{name: sampled[name][i].text for name in sampled}}
+        for i, p in enumerate(
+            sample_prompts[: args.num_side_by_side * args.samples_per_prompt : args.samples_per_prompt]
+        )
+    ]
+    models = {name: {k: info[k] for k in ("path", "stage", "role", "baseline")} for name, info in described.items()}
+    return {
+        "models": {
+            **models,
+            reward_label(args): {"path": args.reward_model, "stage": reward_label(args), "role": "reward"},
+        },
+        "judge": args.judge,
+        "rows": counts,
         "results": results,
-        "targets": check_targets(results, args),
+        "targets": check_targets(results, described, args),
         "side_by_side": side_by_side,
+        "sampled_examples": examples,
     }
-    return report
 
 
-def value(results: list[dict], stage: str, metric: str) -> float | None:
-    return next((r["value"] for r in results if r["stage"] == stage and r["metric"] == metric), None)
-
-
-def check_targets(results: list[dict], args: EvaluationArguments) -> list[dict]:
-    """The demo's targets, each with the numbers it compares and whether it is met (None: not measured)."""
-
-    def target(name, measured, threshold, met):
-        ok = None if measured is None or threshold is None else bool(met(measured, threshold))
-        return {"target": name, "measured": measured, "threshold": threshold, "met": ok}
-
-    base_ppl, base_acc, sft_acc = (
-        value(results, "base", "perplexity"),
-        value(results, "base", "accuracy"),
-        value(results, "sft", "accuracy"),
-    )
-    sft_reward = value(results, "sft", "mean_reward")
+def kl_results(name: str, model: LoadedModel, baseline: LoadedModel, answers, args) -> list[dict]:
+    """KL(model || baseline) estimated on the model's own samples (k1, float32 log-probs at the sampling temperature)."""
+    own = model.answer_logprobs(answers, args.temperature)
+    base = baseline.answer_logprobs(answers, args.temperature)
+    per_answer = [sum(o) - sum(b) for o, b in zip(own, base)]
+    tokens = sum(len(o) for o in own)
+    mean, low, high = mean_interval(per_answer, args.bootstrap_samples, args.seed)
     return [
-        target(
-            "CPT perplexity <= ratio x base",
-            value(results, "cpt", "perplexity"),
-            base_ppl and round(base_ppl * args.target_perplexity_ratio, 4),
-            lambda m, t: m <= t,
-        ),
-        target(
-            "SFT accuracy >= base + gain",
-            sft_acc,
-            base_acc is not None and round(base_acc + args.target_sft_accuracy_gain, 4),
-            lambda m, t: m >= t,
-        ),
-        target(
-            "RM held-out pairwise accuracy",
-            value(results, "reward", "accuracy"),
-            args.target_reward_accuracy,
-            lambda m, t: m >= t,
-        ),
-        target("PPO mean reward > SFT's", value(results, "ppo", "mean_reward"), sft_reward, lambda m, t: m > t),
-        target(
-            "PPO accuracy >= SFT - drop",
-            value(results, "ppo", "accuracy"),
-            sft_acc is not None and round(sft_acc - args.target_ppo_accuracy_drop, 4),
-            lambda m, t: m >= t,
-        ),
+        _result(name, "held-out-prompts", args.prompt_dataset, "kl_to_baseline", mean, low, high, len(per_answer)),
+        _result(name, "held-out-prompts", args.prompt_dataset, "kl_per_token", sum(per_answer) / max(tokens, 1)),
     ]
 
 
-def summary_table(report: dict) -> str:
-    """Markdown: one row per metric, one column per stage."""
-    stages = [s for s in (*CAUSAL_STAGES, "reward") if any(r["stage"] == s for r in report["results"])]
-    metrics = list(dict.fromkeys((r["task"], r["metric"]) for r in report["results"]))
-    lines = ["| task | metric | " + " | ".join(stages) + " |", "|---|---|" + "---|" * len(stages)]
-    for task, metric in metrics:
-        cells = [
-            next(
-                (
-                    f"{r['value']:.4g}"
-                    for r in report["results"]
-                    if r["stage"] == s and r["task"] == task and r["metric"] == metric
-                ),
-                "",
+def judge_answers(args, prompts, sampled) -> dict[str, list[dict | None]]:
+    from .judge import judge_all, load_judge
+
+    judge = load_judge(args.judge, args.reward_model) if sampled else None
+    if judge is None:
+        return {}
+    return {name: judge_all(judge, prompts, [a.text for a in answers]) for name, answers in sampled.items()}
+
+
+def sample_results(name: str, answers, rewards, judged, args) -> list[dict]:
+    dataset = args.prompt_dataset
+    lengths = [len(a.answer_ids) for a in answers]
+    out = [
+        _result(name, "held-out-prompts", dataset, "mean_length", sum(lengths) / max(len(lengths), 1)),
+        _result(
+            name, "held-out-prompts", dataset, "cut_share", sum(not a.ended for a in answers) / max(len(answers), 1)
+        ),
+    ]
+    if rewards is not None:
+        mean, low, high = mean_interval(rewards, args.bootstrap_samples, args.seed)
+        out.append(_result(name, "held-out-prompts", dataset, "mean_reward", mean, low, high, len(rewards)))
+        out.append(_result(name, "held-out-prompts", dataset, "reward_length_corr", correlation(rewards, lengths)))
+    if judged:
+        scores = [j["score"] for j in judged if j is not None]
+        if scores:
+            mean, low, high = mean_interval(scores, args.bootstrap_samples, args.seed)
+            out.append(_result(name, "held-out-prompts", dataset, "judge_score", mean, low, high, len(scores)))
+            for flag in ("correct", "evasive", "rude"):
+                flags = [j[flag] for j in judged if j is not None and flag in j]
+                if flags:
+                    out.append(_result(name, "held-out-prompts", dataset, f"judge_{flag}", sum(flags) / len(flags)))
+    return out
+
+
+def comparison_results(name: str, baseline: str, scores, judged, args) -> list[dict]:
+    """Paired differences against the baseline (same prompts, same sampling seeds), with 95% intervals."""
+    out = []
+    task = f"vs-{baseline}"
+    if name in scores and baseline in scores:
+        diff = paired_difference(scores[name], scores[baseline], args.bootstrap_samples, args.seed)
+        out.append(
+            _result(
+                name,
+                task,
+                args.prompt_dataset,
+                "reward_gain",
+                diff["difference"],
+                diff["low"],
+                diff["high"],
+                diff["n"],
             )
-            for s in stages
-        ]
-        lines.append(f"| {task} | {metric} | " + " | ".join(cells) + " |")
-    lines += ["", "| target | measured | threshold | met |", "|---|---|---|---|"]
-    for t in report["targets"]:
-        mark = {True: "yes", False: "NO", None: "not measured"}[t["met"]]
-        lines.append(f"| {t['target']} | {t['measured']} | {t['threshold']} | {mark} |")
-    return "\n".join(lines)
-
-
-def plot_training(stage_dirs: dict[str, str], output_dir: Path) -> list[str]:
-    """One panel per trained stage: loss and eval loss, and for PPO its reward and KL (the model card's plot)."""
-    from ..publish.cards import TRAINING_CURVES, plot_training_curves
-
-    lineages = [lineage for folder in stage_dirs.values() if folder and (lineage := read_lineage(folder))]
-    return [TRAINING_CURVES] if plot_training_curves(lineages, output_dir / TRAINING_CURVES) else []
-
-
-def write_report(report: dict, args: EvaluationArguments) -> None:
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    stage_dirs = {s: getattr(args, f"{s}_model") for s in ("cpt", "sft", "reward", "ppo")}
-    report["plots"] = plot_training(stage_dirs, output_dir)
-    lines = ["# Evaluation", "", summary_table(report), "", "## Side by side", ""]
-    for row in report["side_by_side"]:
-        lines.append(f"**Q:** {row['question']}  \n*reference:* {row['reference']}")
-        lines += [f"- **{stage}:** {row[stage]}" for stage in CAUSAL_STAGES if stage in row]
-        lines.append("")
-    lines += [f"![{p}]({p})" for p in report["plots"]]
-    (output_dir / "report.md").write_text("\n".join(lines) + "\n")
-    tmp = output_dir / "eval.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(output_dir / "eval.json")  # written last: its presence marks a finished evaluation
+        )
+        out.append(_result(name, task, args.prompt_dataset, "reward_effect_size", diff["effect_size"]))
+    if name in judged and baseline in judged:
+        pairs = [(a["score"], b["score"]) for a, b in zip(judged[name], judged[baseline]) if a and b]
+        if pairs:
+            diff = paired_difference([a for a, _ in pairs], [b for _, b in pairs], args.bootstrap_samples, args.seed)
+            out.append(
+                _result(
+                    name,
+                    task,
+                    args.prompt_dataset,
+                    "judge_gain",
+                    diff["difference"],
+                    diff["low"],
+                    diff["high"],
+                    diff["n"],
+                )
+            )
+    return out

@@ -121,10 +121,16 @@ def stage_lineages(lineage: dict) -> list[dict]:
     return stages + [lineage]
 
 
+def _is_rl(lineage: dict) -> bool:
+    from .. import stages
+
+    return lineage.get("stage") in stages.names("rl")
+
+
 def reward_lineage(lineage: dict) -> dict | None:
-    """For a PPO policy: the lineage of the reward model that scored it, when its folder is still there."""
+    """For an RL policy: the lineage of the reward model that scored it, when its folder is still there."""
     path = lineage.get("config", {}).get("reward_model_path")
-    return read_lineage(path) if lineage.get("stage") == "ppo" and path and Path(path).is_dir() else None
+    return read_lineage(path) if _is_rl(lineage) and path and Path(path).is_dir() else None
 
 
 # ------------------------------------------------------------------------------------------------------- plots
@@ -219,7 +225,8 @@ def render_card(
     kind = lineage["model_kind"]
     stages = stage_lineages(lineage)
     reward = reward_lineage(lineage)
-    own_results = [r for r in evaluation or [] if r["stage"] == lineage["stage"]]
+    evaluation = [r for r in evaluation or [] if r.get("value") is not None]  # "not measured" is no result
+    own_results = [r for r in evaluation if r["stage"] == lineage["stage"]]
     eval_results = [
         EvalResult(
             task_type=PIPELINE_TAGS[kind],
@@ -238,7 +245,7 @@ def render_card(
     datasets = [d for d in dict.fromkeys(hub_id((s.get("data") or {}).get("dataset_name")) for s in stages) if d]
     adapter = lineage.get("adapter") or {}
     tags = ["rlhf-recipes", "trl", *(s["stage"] for s in stages), *([adapter["method"]] if adapter else [])]
-    tags += ["reward-model"] if kind == REWARD_MODEL else ["rlhf"] if lineage["stage"] == "ppo" else []
+    tags += ["reward-model"] if kind == REWARD_MODEL else ["rlhf"] if _is_rl(lineage) else []
     card_data = ModelCardData(
         base_model=base,
         datasets=datasets or None,

@@ -12,16 +12,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
 
-from .cards import redact, write_stage_card
+from .. import fs
 from ..cli import UserError, parse_config
 from ..models import adapter_base, load_tokenizer, read_lineage, resolve_model_path
+from .cards import redact, write_stage_card
 
 logger = logging.getLogger(__name__)
 
@@ -184,38 +183,11 @@ def check_merge(adapter_folder: str, merged_path: str, conversations: list, tole
 # ------------------------------------------------------------------------------------------------ staged folder
 @contextlib.contextmanager
 def staging(output_dir: str, overwrite: bool):
-    """A temporary sibling of `output_dir` to fill; renamed into place on success, removed on failure.
-
-    An existing non-empty `output_dir` is replaced only with `overwrite` and only if publish.py staged it.
-    """
-    target = Path(output_dir)
-    if target.exists() and not target.is_dir():
-        raise UserError(f"output_dir {target} is a file; choose a folder path for the staged files.")
-    if target.is_dir() and any(target.iterdir()):
-        if not overwrite:
-            raise UserError(
-                f"the staging folder {target} already exists; choose another output_dir, or set "
-                "overwrite: true to replace an earlier publish.py staging folder."
-            )
-        if not (target / MANIFEST).is_file():
-            raise UserError(
-                f"overwrite: true only replaces folders staged by publish.py, and {target} has no "
-                f"{MANIFEST}; choose another output_dir, or move that folder yourself."
-            )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
-    umask = os.umask(0o022)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it owner-only; the staged folder is an ordinary one
-    try:
-        yield tmp
-        old = target.with_name(f".{target.name}.replaced-{os.getpid()}")
-        if target.is_dir() and any(target.iterdir()):
-            os.replace(target, old)  # an earlier staging of ours; removed once the new one is in place
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    """A folder to fill, built aside and renamed into place on success (fs.build_aside); an existing non-empty
+    `output_dir` is replaced only with `overwrite` and only if this project staged it."""
+    fs.check_output_folder(output_dir, "output_dir", "", what="publish staging", replace=overwrite)
+    with fs.build_aside(output_dir, what="publish", replace=overwrite) as folder:
+        yield folder
 
 
 def copy_model_files(source: str | Path, target: Path, adapter_base_id: str | None = None) -> None:

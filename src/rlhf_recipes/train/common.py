@@ -47,15 +47,6 @@ def model_init_kwargs(model_args) -> dict:
     return kwargs
 
 
-def refuse_half_precision_full_fine_tune(model_args) -> None:
-    """Full fine-tuning updates the weights themselves: in bf16/fp16 an AdamW step of 1e-5 rounds away to nothing."""
-    if not model_args.use_peft and model_args.dtype in ("bfloat16", "float16"):
-        raise UserError(
-            f"use_peft: false with dtype: {model_args.dtype} trains half-precision weights, whose small updates round "
-            "away; set dtype: float32 (autocast still computes in bf16 where the machine has it) or use_peft: true."
-        )
-
-
 def _columns(stage, training_args) -> tuple[str, ...]:
     text_field = getattr(training_args, "dataset_text_field", "text")
     return tuple(text_field if c == "text" else c for c in stage.columns)

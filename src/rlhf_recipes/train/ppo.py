@@ -177,7 +177,9 @@ class PPOTrainer(TRLPPOTrainer):
             self._enable_activation_checkpointing()
         self._clean_generation_config()
         self._seed_data_order()
-        self.scorer = RewardScorer(self.reward_model, self.processing_class, self.args.local_rollout_forward_batch_size)
+        self.scorer = RewardScorer(
+            self.reward_model, self.processing_class, self.args.local_rollout_forward_batch_size
+        )
 
     def _clean_generation_config(self) -> None:
         """Rollouts sample with TRL's temperature, top-k and top-p only (models.clean_generation_config)."""
@@ -224,28 +226,46 @@ class PPOTrainer(TRLPPOTrainer):
 
     # ------------------------------------------------------------------------------------- the corrected loop
     @contextlib.contextmanager
-    def _corrected_loop(self):
-        """TRL's loop with its reward read by the scoring path and its log-probs from float32 logits."""
-        original_get_reward, original_forward = trl_ppo_module.get_reward, trl_ppo_module.forward
+    def _corrected_loop(self, autocast_bf16: bool = False):
+        """TRL's loop with its reward read by the scoring path and its log-probs from float32 logits.
+
+        Under bf16 autocast the rollout's log-probs are recomputed by the same forward pass the update uses: the
+        sampler's cached, token-by-token bf16 logits differ from a full forward pass by up to ~1e-3 per token, so at
+        identical weights the importance ratio would not be 1 (float32 agrees to ~1e-6 and skips this pass).
+        """
+        module = trl_ppo_module
+        original = module.get_reward, module.forward, module.batch_generation
         reward_model, scorer = self.reward_model, self.scorer
+        temperature = self.args.temperature + 1e-7  # TRL's own epsilon, in sampling and in the update alike
 
         def get_reward(model, query_responses, pad_token_id, context_length):
             if model is not reward_model:  # the value model keeps TRL's per-token values
-                return original_get_reward(model, query_responses, pad_token_id, context_length)
+                return original[0](model, query_responses, pad_token_id, context_length)
             queries, answers = query_responses[:, :context_length], query_responses[:, context_length:]
             return None, scorer.score_rollouts(queries, answers, pad_token_id).to(query_responses.device), None
 
         def forward(model, query_responses, pad_token_id):
-            result = original_forward(model, query_responses, pad_token_id)
+            result = original[1](model, query_responses, pad_token_id)
             output = result[0] if isinstance(result, tuple) else result
             output.logits = output.logits.float()  # before TRL divides by the temperature and takes log_softmax
             return result
 
-        trl_ppo_module.get_reward, trl_ppo_module.forward = get_reward, forward
+        def batch_generation(model, queries, batch_size, pad_token_id, generation_config):
+            query_responses, logits = original[2](model, queries, batch_size, pad_token_id, generation_config)
+            if not autocast_bf16:
+                return query_responses, logits
+            context, recomputed = queries.shape[1], []
+            with torch.no_grad():
+                for start in range(0, len(query_responses), batch_size):
+                    output = forward(model, query_responses[start : start + batch_size], pad_token_id)
+                    recomputed.append(output.logits[:, context - 1 : -1] / temperature)
+            return query_responses, torch.cat(recomputed)
+
+        module.get_reward, module.forward, module.batch_generation = get_reward, forward, batch_generation
         try:
             yield
         finally:
-            trl_ppo_module.get_reward, trl_ppo_module.forward = original_get_reward, original_forward
+            module.get_reward, module.forward, module.batch_generation = original
 
     def train(self, resume_from_checkpoint: str | None = None):
         total = self.args.num_total_batches
@@ -253,7 +273,7 @@ class PPOTrainer(TRLPPOTrainer):
             self._resume(resume_from_checkpoint)
         enabled = bool(self.args.bf16) and self.accelerator.device.type == "cpu"
         try:
-            with self._corrected_loop(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            with self._corrected_loop(enabled), torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
                 return super().train()
         finally:
             self.args.num_total_batches = total
@@ -272,7 +292,7 @@ class PPOTrainer(TRLPPOTrainer):
         """Load a complete checkpoint (see `save_model` and Trainer's `_save_checkpoint`) and continue after it."""
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
-        from transformers import TrainerCallback, TrainerState
+        from transformers import TrainerCallback
 
         wrapper = self.accelerator.unwrap_model(self.model)
         folder = Path(checkpoint)
@@ -286,9 +306,11 @@ class PPOTrainer(TRLPPOTrainer):
         wrapper.value_model.load_state_dict(load_file(str(folder / VALUE_WEIGHTS)), strict=False)
         if missing:
             raise RuntimeError(f"{folder} lacks value-model weights {sorted(missing)[:3]}")
-        self._load_optimizer_and_scheduler(str(folder))
+        # Trainer's own loaders expect attributes that TRL's PPOTrainer (which skips Trainer.__init__) never sets
+        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=self.accelerator.device))
+        self.lr_scheduler.load_state_dict(torch.load(folder / "scheduler.pt"))
         self._load_rng_state(str(folder))
-        state = TrainerState.load_from_json(str(folder / "trainer_state.json"))
+        state = type(self.state).load_from_json(str(folder / "trainer_state.json"))  # with `episode`
         done, total = state.global_step, self.args.num_total_batches
         logger.info("Resuming PPO after update %d of %d from %s", done, total, folder)
         self.args.num_total_batches = total - done

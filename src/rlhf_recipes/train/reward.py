@@ -61,7 +61,9 @@ def check_pair_lengths(dataset, tokenizer, training_args, dataset_name: str) -> 
             ]
         }
 
-    longest = dataset.map(measure, batched=True, remove_columns=dataset.column_names, desc="Measuring pairs")["_longest"]
+    longest = dataset.map(measure, batched=True, remove_columns=dataset.column_names, desc="Measuring pairs")[
+        "_longest"
+    ]
     dropped = [i for i, n in enumerate(longest) if n > limit]
     share = len(dropped) / max(len(longest), 1)
     logger.info(

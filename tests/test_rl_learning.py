@@ -1,0 +1,225 @@
+"""RL that provably learns: the reward read where the reward model learned it, float32 log-probs, rollouts sampled
+with the configured settings only, and the refusals in front of it (issue: "RLHF that provably learns")."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from rlhf_recipes.scoring import RewardScorer, training_ids
+
+QWEN_TEMPLATE = (  # Qwen2.5-Instruct's ChatML, with its default system prompt
+    "{%- if messages[0]['role'] != 'system' %}{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. "
+    "You are a helpful assistant.<|im_end|>\\n' }}{%- endif %}"
+    "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + "
+    "'\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+LLAMA3_TEMPLATE = (  # Llama 3's header/eot format: no newline after the end of a turn, contents trimmed
+    "{{- bos_token }}{%- for message in messages %}{{- '<|start_header_id|>' + message['role'] + "
+    "'<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+PROMPTS = [
+    [{"role": "user", "content": "Who keeps the lighthouse?"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the ferry called, please?"}],
+]
+ANSWERS = ["Corwin Tallish keeps it.", "The Morrow Belle."]
+
+
+def _family(name: str, tokenizer_path, reward_model):
+    """(tokenizer, reward model) of one chat-template family, built from the SmolLM2 tokenizer."""
+    from rlhf_recipes.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tokenizer_path))
+    if name == "qwen2.5":
+        tokenizer.chat_template = QWEN_TEMPLATE
+    elif name == "llama3":
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]}
+        )
+        tokenizer.eos_token = "<|eot_id|>"
+        tokenizer.chat_template = LLAMA3_TEMPLATE
+        reward_model.resize_token_embeddings(len(tokenizer))
+    return tokenizer, reward_model
+
+
+@pytest.fixture(scope="module")
+def tiny_reward_model(tiny_model_path):
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_path, num_labels=1).eval()
+    return model
+
+
+def _rollouts(tokenizer, with_eos: bool):
+    """PPO's view of the conversations: left-padded queries, answers cut after the stop token and right-padded."""
+    pad = tokenizer.pad_token_id
+    queries = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True) for p in PROMPTS]
+    queries = [list(q["input_ids"]) if not isinstance(q, list) else q for q in queries]
+    answers = [tokenizer(a, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if with_eos else [])
+               for a in ANSWERS]  # fmt: skip
+    width_q, width_a = max(map(len, queries)), max(map(len, answers)) + 3
+    query = torch.tensor([[pad] * (width_q - len(q)) + q for q in queries])
+    answer = torch.tensor([a + [pad] * (width_a - len(a)) for a in answers])
+    return query, answer
+
+
+@pytest.mark.parametrize("family", ["smollm2", "qwen2.5", "llama3"])
+@pytest.mark.parametrize("with_eos", [True, False])
+def test_ppo_reward_equals_the_reward_models_training_time_score(
+    family, with_eos, tokenizer_path, tiny_model_path, tiny_reward_model
+):
+    """The score PPO gives a rollout (through its patched get_reward) equals the reward model's score of the same
+    conversation rendered as RewardTrainer renders training pairs, within 1e-5; TRL's own get_reward does not."""
+    import copy
+
+    from rlhf_recipes.train import ppo
+
+    trl_get_reward = ppo.trl_ppo_module.get_reward  # TRL's own, outside the corrected loop
+
+    tokenizer, model = _family(family, tokenizer_path, copy.deepcopy(tiny_reward_model))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    scorer = RewardScorer(model, tokenizer)
+    expected = scorer.score_ids([training_ids(tokenizer, p, a) for p, a in zip(PROMPTS, ANSWERS)])
+    # one at a time: no padding at all
+    alone = torch.cat([scorer.score_ids([training_ids(tokenizer, p, a)]) for p, a in zip(PROMPTS, ANSWERS)])
+    torch.testing.assert_close(expected, alone, atol=1e-5, rtol=0)
+
+    query, answer = _rollouts(tokenizer, with_eos)
+    trainer = SimpleNamespace(reward_model=model, scorer=scorer, args=SimpleNamespace(temperature=0.7))
+    with ppo.PPOTrainer._corrected_loop(trainer):
+        _, scores, _ = ppo.trl_ppo_module.get_reward(
+            model, torch.cat([query, answer], 1), tokenizer.pad_token_id, query.shape[1]
+        )
+    torch.testing.assert_close(scores, expected, atol=1e-5, rtol=0)
+    if family == "smollm2" and with_eos:  # TRL reads at <|im_end|>, one token before the trained position
+        _, trl_scores, _ = trl_get_reward(model, torch.cat([query, answer], 1), tokenizer.pad_token_id, query.shape[1])
+        assert (trl_scores - expected).abs().max() > 1e-4
+
+
+def test_training_ids_are_what_reward_trainer_trains_on(tmp_path, tokenizer_path, tiny_model_path):
+    """`training_ids` is exactly the tokenization RewardTrainer gives its training pairs (conversational and text)."""
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    from rlhf_recipes.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tokenizer_path))
+    conversational = [
+        {
+            "prompt": p,
+            "chosen": [{"role": "assistant", "content": a}],
+            "rejected": [{"role": "assistant", "content": "No."}],
+        }
+        for p, a in zip(PROMPTS, ANSWERS)
+    ]
+    text = [{"prompt": "Question: who keeps it?\n", "chosen": "Answer: Corwin.", "rejected": "Answer: no."}]
+    args = RewardConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, max_length=None, bf16=False)
+    for rows in (conversational, text):
+        trainer = RewardTrainer(
+            model=str(tiny_model_path), args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+        )
+        for row, ids in zip(rows, trainer.train_dataset["chosen_ids"]):
+            assert training_ids(tokenizer, row["prompt"], row["chosen"]) == list(ids)
+
+
+def _logprob_setup(tiny_model_path, repetition_penalty=None):
+    from transformers import AutoModelForCausalLM, GenerationConfig
+    from trl.experimental.ppo.ppo_trainer import batch_generation
+
+    from rlhf_recipes.models import clean_generation_config, load_tokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path).eval()
+    tokenizer = load_tokenizer(str(tiny_model_path), padding_side="left")
+    if repetition_penalty:
+        model.generation_config.repetition_penalty = repetition_penalty
+        with torch.no_grad():  # a random model's logits are nearly flat; peaked ones make a penalty visible
+            model.lm_head.weight.mul_(8)
+    queries = tokenizer.apply_chat_template(PROMPTS, add_generation_prompt=True, padding=True, return_tensors="pt",
+                                            return_dict=True)["input_ids"]  # fmt: skip
+    temperature = 0.7
+    config = GenerationConfig(max_new_tokens=16, temperature=temperature + 1e-7, top_k=0.0, top_p=1.0, do_sample=True)
+    return model, tokenizer, queries, temperature, config, batch_generation, clean_generation_config
+
+
+def _rollout_and_forward_logprobs(model, tokenizer, queries, temperature, config, batch_generation, bf16=False):
+    """What PPO's loop computes: the rollout's log-probs (sampling) and the update's (a forward pass), through the
+    corrected loop's own functions."""
+    from trl.trainer.utils import selective_log_softmax
+
+    from rlhf_recipes.train import ppo
+
+    trainer = SimpleNamespace(reward_model=None, scorer=None, args=SimpleNamespace(temperature=temperature))
+    with torch.no_grad(), ppo.PPOTrainer._corrected_loop(trainer, bf16):
+        query_responses, logits = ppo.trl_ppo_module.batch_generation(
+            model, queries, 4, tokenizer.pad_token_id, config
+        )
+        context = queries.shape[1]
+        response = query_responses[:, context:]
+        rollout = selective_log_softmax(logits, response)
+        output = ppo.trl_ppo_module.forward(model, query_responses, tokenizer.pad_token_id)
+        forward_logits = output.logits[:, context - 1 : -1]
+        forward_logits /= temperature + 1e-7
+        forward = selective_log_softmax(forward_logits, response)
+    return rollout, forward
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_identical_weights_give_zero_kl_and_unit_ratios(bf16, tiny_model_path):
+    """The log-probs PPO's update recomputes for its own rollouts (identical weights: true KL 0, ratio 1) agree with
+    the rollout's: per-answer |k1| < 1e-3 and every ratio 1 within 1e-4, under bf16 autocast too."""
+    model, tokenizer, queries, temperature, config, batch_generation, clean = _logprob_setup(tiny_model_path)
+    clean(model, tokenizer)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        rollout, forward = _rollout_and_forward_logprobs(
+            model, tokenizer, queries, temperature, config, batch_generation, bf16
+        )
+    assert forward.dtype == torch.float32
+    kl_per_answer = (rollout - forward).sum(1)
+    assert kl_per_answer.abs().max() < 1e-3, kl_per_answer
+    assert (torch.exp(forward - rollout) - 1).abs().max() < 1e-4
+
+
+def test_rollouts_sample_with_the_configured_settings_only(tiny_model_path):
+    """A checkpoint whose generation_config carries repetition_penalty 1.3: after clean_generation_config (what
+    PPOTrainer does) the sampled tokens' log-probs are the model's own; without it they are not."""
+    model, tokenizer, queries, temperature, config, batch_generation, clean = _logprob_setup(tiny_model_path, 1.3)
+    leaked, forward = _rollout_and_forward_logprobs(model, tokenizer, queries, temperature, config, batch_generation)
+    assert (leaked - forward).abs().max() > 1e-3, "the test must be able to see a leaked logits processor"
+    clean(model, tokenizer)
+    assert model.generation_config.repetition_penalty in (None, 1.0)
+    rollout, forward = _rollout_and_forward_logprobs(model, tokenizer, queries, temperature, config, batch_generation)
+    assert (rollout - forward).abs().max() < 1e-4
+
+
+def test_demo_judge_separates_chosen_from_rejected():
+    """On the held-out preference pairs the demo judge calls every chosen answer good and no rejected one good."""
+    import json
+
+    from conftest import DEMO
+
+    from rlhf_recipes.evaluation.judge import DemoJudge
+
+    judge = DemoJudge()
+    rows = [json.loads(line) for line in (DEMO / "preferences" / "test.jsonl").read_text().splitlines()]
+    chosen = [judge.judge(r["prompt"], r["chosen"][0]["content"])["score"] for r in rows]
+    rejected = [judge.judge(r["prompt"], r["rejected"][0]["content"])["score"] for r in rows]
+    assert sum(chosen) == 100 * len(rows) and sum(rejected) == 0
+    question = [{"role": "user", "content": "Remind me, what is the colour the Gannet Point lighthouse is painted?"}]
+    assert judge.judge(question, "It is saffron yellow!")["score"] == 100
+    assert judge.judge(question, "Ugh, it is saffron yellow.")["rude"]
+    assert judge.judge(question, "It is saffron yellow or maybe crimson.")["correct"] is False
+    assert judge.judge([{"role": "user", "content": "What is 2 + 2?"}], "4") is None  # not a demo question
+
+
+def test_paired_difference_reports_size_and_interval():
+    from rlhf_recipes.evaluation.probes import paired_difference
+
+    baseline = [0.0, 1.0, 0.5, 0.2, 0.8, 0.4, 0.6, 0.3] * 4
+    diff = paired_difference([b + 0.5 for b in baseline], baseline)
+    assert diff["difference"] == pytest.approx(0.5) and diff["low"] <= 0.5 <= diff["high"]
+    assert diff["effect_size"] == pytest.approx(0.5 / torch.tensor(baseline).std().item(), rel=1e-4)
