@@ -1,8 +1,10 @@
 """TRL's own PPO example setup (examples/scripts/ppo/ppo.py of TRL v1.12), as the baseline for the PPO benchmarks.
 
-    python bench/trl_ppo_example.py --policy SFT_FOLDER --reward REWARD_FOLDER --dataset data/demo/prompts \
-        --total_episodes 16 --per_device_train_batch_size 4 --gradient_accumulation_steps 2 [--use_peft] \
-        --json /tmp/trl-ppo.json
+    python -m bench.trl_ppo_example --policy SFT_FOLDER --reward REWARD_FOLDER --dataset data/demo/prompts \
+        --total_episodes 16 --per_device_train_batch_size 4 --gradient_accumulation_steps 2 [--use_peft]
+
+The benches run it in a fresh process through `harness.run_baseline("trl-ppo-example", ARGV, LOG)`, which records
+the seconds of `train()`, the episodes and the process's peak RSS.
 
 What TRL's example does, done the same way here:
 - policy: AutoModelForCausalLM from the SFT path, in the checkpoint's own precision (no dtype, no quantization);
@@ -16,26 +18,20 @@ What TRL's example does, done the same way here:
   benchmark can match another setup's.
 
 Where it departs from the example, for a like-for-like comparison with recipes/ppo.py: the prompts are the demo's
-chat prompts, tokenized by the same code (`rlhf_recipes.ppo.tokenize_prompts`), and the tokenizer pads with a token
+chat prompts, tokenized by the same code (`rlhf_recipes.train.ppo.tokenize_prompts`), and the tokenizer pads with a token
 the model already has (TRL adds a new "[PAD]" for Pythia, which would sit outside SmolLM2's embedding matrix).
 The output folder is a temporary one, not removed-and-reused as in the example. On a machine without a GPU it sets
 `use_cpu`, as the example needs `--use_cpu` there (PPOConfig's default `bf16: true` refuses a CPU otherwise; TRL's
 PPOTrainer never autocasts, so the run is float32 either way).
-
-Writes JSON: peak RSS of this process (`ru_maxrss`, MiB), wall seconds of `train()`, episodes per second.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import resource
 import sys
 import tempfile
-import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.harness import REPO
 
 
 def parse_args(argv: list[str] | None):
@@ -51,11 +47,10 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--num_sample_generations", type=int, default=10)
     parser.add_argument("--use_peft", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--output_dir", default=None, help="default: a temporary folder")
-    parser.add_argument("--json", default=None, help="write the measurements here")
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None):
     args = parse_args(argv)
     import torch
     from datasets import load_dataset
@@ -63,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     from trl import ModelConfig, get_peft_config
 
     from rlhf_recipes.models import load_tokenizer
-    from rlhf_recipes.ppo import TRLPPOConfig, TRLPPOTrainer, tokenize_prompts
+    from rlhf_recipes.train.ppo import TRLPPOConfig, TRLPPOTrainer, tokenize_prompts
 
     output_dir = args.output_dir or tempfile.mkdtemp(prefix="trl-ppo-example-")
     training_args = TRLPPOConfig(
@@ -107,24 +102,9 @@ def main(argv: list[str] | None = None) -> dict:
         eval_dataset=eval_dataset,
         peft_config=peft_config,
     )
-    started = time.perf_counter()
     trainer.train()
-    seconds = time.perf_counter() - started
     trainer.save_model(output_dir)
-
-    result = {
-        "setup": "trl-example" + ("-peft" if args.use_peft else ""),
-        "use_peft": args.use_peft,
-        "episodes": trainer.state.episode,
-        "updates": trainer.state.global_step,
-        "train_seconds": round(seconds, 3),
-        "episodes_per_second": round(trainer.state.episode / seconds, 4),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    }
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    print(json.dumps(result))
-    return result
+    return trainer
 
 
 if __name__ == "__main__":

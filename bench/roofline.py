@@ -1,0 +1,122 @@
+"""The machine's limit for each precision, and a run's distance from it.
+
+- `Rates`: GFLOP/s of a large square matmul in every precision the machine offers (float32, bfloat16, float16),
+  measured during the bench's own run, on all threads (CPU) or on the GPU. A precision the CPU only emulates (bf16 without
+  AVX512-BF16 or AMX: ~0.2 against ~160 GFLOP/s in float32) is measured on smaller matrices, so that measuring it
+  costs seconds, not minutes.
+- `training_flops()`: model FLOPs of a LoRA training pass over sequences of given lengths.
+- `fraction()`: tokens/s as a fraction of the roofline of the precision the run actually computed in. A bf16 run is
+  held against the bf16 rate, never the float32 one.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+PRECISIONS = ("float32", "bfloat16", "float16")
+FIRST_SIZE = {"bfloat16": 512, "float16": 256}  # where a precision is tried before it is trusted with 2048
+EMULATED = 0.1  # below this share of float32's rate the CPU emulates the precision: no 2048 x 2048 for it
+
+
+def gpu_matmul_rate(dtype: str, size: int = 8192, seconds: float = 1.0) -> float:
+    """GFLOP/s of a `size` x `size` matmul in `dtype` on the current CUDA device."""
+    import torch
+
+    a = torch.randn(size, size, dtype=getattr(torch, dtype), device="cuda")
+    b = torch.randn(size, size, dtype=getattr(torch, dtype), device="cuda")
+    torch.mm(a, b)
+    torch.cuda.synchronize()
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds or count < 3:
+        torch.mm(a, b)
+        torch.cuda.synchronize()
+        count += 1
+    return 2 * size**3 * count / (time.perf_counter() - started) / 1e9
+
+
+def matmul_rate(dtype: str, device: str = "cpu", seconds: float = 1.0, float32: float | None = None) -> dict:
+    """{"gflops", "size"} for one precision. On CPU float32 runs on 2048 x 2048 matrices; another precision is tried
+    on small ones first and moves to 2048 only when it runs within 10x of `float32` (GFLOP/s): an emulated one would
+    take minutes per large matmul."""
+    if device == "cuda":
+        return {"gflops": gpu_matmul_rate(dtype, seconds=seconds), "size": 8192}
+    from rlhf_recipes import precision
+
+    if dtype != "float32":
+        size = FIRST_SIZE.get(dtype, 256)
+        rate = precision.matmul_rate(dtype, size=size, seconds=0.2)
+        reference = float32 or precision.matmul_rate("float32", size=2048, seconds=0.5)
+        if rate < EMULATED * reference:
+            return {"gflops": rate, "size": size}
+    return {"gflops": precision.matmul_rate(dtype, size=2048, seconds=seconds), "size": 2048}
+
+
+class Rates:
+    """Samples of every precision's matmul rate over a bench run (the fast ones re-measured between rounds)."""
+
+    def __init__(self, device: str = "cpu", precisions=PRECISIONS):
+        self.device = device
+        self.samples: dict[str, list[float]] = {}
+        self.sizes: dict[str, int] = {}
+        for dtype in precisions:
+            self.measure(dtype)
+
+    def measure(self, dtype: str) -> None:
+        float32 = self.gflops("float32") if "float32" in self.samples else None
+        rate = matmul_rate(dtype, self.device, float32=float32)
+        self.samples.setdefault(dtype, []).append(rate["gflops"])
+        self.sizes[dtype] = rate["size"]
+
+    def remeasure_fast(self) -> None:
+        """Another sample of every precision measured on large matrices (seconds each); emulated ones keep theirs."""
+        for dtype in list(self.samples):
+            if self.device == "cuda" or self.sizes[dtype] == 2048:
+                self.measure(dtype)
+
+    def gflops(self, dtype: str) -> float:
+        if dtype not in self.samples:  # a run computed in a precision not measured yet
+            self.measure(dtype)
+        return statistics.median(self.samples[dtype])
+
+    def to_dict(self) -> dict:
+        return {
+            dtype: {
+                "gflops": statistics.median(v),
+                "min": min(v),
+                "max": max(v),
+                "samples": len(v),
+                "size": self.sizes[dtype],
+            }
+            for dtype, v in self.samples.items()
+        }
+
+
+def training_flops(config, lengths: list[int], loss_tokens: list[int], lora_r: int, lm_head: bool) -> float:
+    """Model FLOPs of one LoRA training pass over sequences of `lengths` (frozen base weights, no recomputation).
+
+    Per token: forward 2N and input-gradient backward 2N over the linear layers (the base is frozen, so no weight
+    gradients), 6N over the LoRA matrices; causal attention per sample; the LM head only on tokens that carry the
+    loss (`loss_tokens`), when `lm_head`. `config` is a transformers config or a model folder."""
+    if isinstance(config, str | bytes) or hasattr(config, "__fspath__"):
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(config)
+    c = config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    q, kv = c.num_attention_heads * head_dim, c.num_key_value_heads * head_dim
+    shapes = [(c.hidden_size, q), (c.hidden_size, kv), (c.hidden_size, kv), (q, c.hidden_size)]
+    shapes += [(c.hidden_size, c.intermediate_size)] * 2 + [(c.intermediate_size, c.hidden_size)]
+    linear = c.num_hidden_layers * sum(i * o for i, o in shapes)
+    lora = c.num_hidden_layers * sum(lora_r * (i + o) for i, o in shapes)
+    per_token = 4 * linear + 6 * lora
+    attention_per_pair = 12 * q * c.num_hidden_layers  # QK^T and AV, forward + 2x backward, per (query, key) pair
+    total = sum(per_token * n + attention_per_pair * n * (n + 1) / 2 for n in lengths)
+    if lm_head:
+        total += 4 * c.hidden_size * c.vocab_size * sum(loss_tokens)
+    return total
+
+
+def fraction(tokens_per_second: float, flops_per_token: float, gflops: float) -> float:
+    """Share of the roofline reached: achieved FLOP/s over the matmul rate of the precision used."""
+    return tokens_per_second * flops_per_token / (gflops * 1e9)
