@@ -1,0 +1,172 @@
+"""The benches' own parts, fast: the fresh-process harness, the synthetic data, the roofline of the precision used,
+and the GPU check's planning part on CPU. The benches themselves take minutes to hours and are run by hand."""
+
+from __future__ import annotations
+
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from bench import gpu_check, harness, memory, roofline, speed, synthetic
+
+# --- harness ---------------------------------------------------------------------------------------------------------
+
+
+def test_a_fresh_process_run_records_its_own_peak_rss_and_time(tmp_path):
+    touch_300_mib = "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"
+    record = harness.run_process([sys.executable, "-c", touch_300_mib], tmp_path / "run.log")
+    assert record["returncode"] == 0
+    assert 300 <= record["peak_rss_mib"] < 600  # the child's own peak, not this test process's
+    assert record["wall_seconds"] > 0
+    small = harness.run_process([sys.executable, "-c", "pass"], tmp_path / "small.log")
+    assert small["peak_rss_mib"] < 200  # each run is measured on its own
+
+
+def test_a_failed_or_overlong_run_raises_with_the_end_of_its_log(tmp_path):
+    failing = [sys.executable, "-c", "print('the last words'); raise SystemExit(3)"]
+    with pytest.raises(harness.BenchError, match=r"failed \(exit 3\)(.|\n)*the last words"):
+        harness.run_process(failing, tmp_path / "fail.log")
+    assert harness.run_process(failing, tmp_path / "fail.log", check=False)["returncode"] == 3
+    with pytest.raises(harness.BenchError, match="ran past 1 s"):
+        harness.run_process([sys.executable, "-c", "import time; time.sleep(30)"], tmp_path / "slow.log", timeout=1)
+
+
+def test_setups_are_interleaved_round_by_round():
+    order = harness.schedule({"trl-defaults": 1, "trl": 3, "ours": 3})
+    assert order == [(0, "trl-defaults"), (0, "trl"), (0, "ours"), (1, "trl"), (1, "ours"), (2, "trl"), (2, "ours")]
+    assert harness.summarise([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "runs": [3.0, 1.0, 2.0]}
+
+
+def _trainer(bf16=False, fp16=False, weights="float32", ppo=None, precision=None):
+    import torch
+
+    module = {"trl": "trl.experimental.ppo.ppo_trainer", "ours": "rlhf_recipes.train.ppo"}.get(ppo, "trl")
+    trl_ppo = type("PPOTrainer", (), {"__module__": "trl.experimental.ppo.ppo_trainer"})
+    cls = type("PPOTrainer" if ppo else "SFTTrainer", (trl_ppo,) if ppo else (), {"__module__": module})
+    trainer = cls()
+    trainer.args = SimpleNamespace(bf16=bf16, fp16=fp16, precision=precision)
+    trainer.model = torch.nn.Linear(4, 4).to(getattr(torch, weights))
+    trainer.accelerator = SimpleNamespace(device=torch.device("cpu"))
+    return trainer
+
+
+def test_the_compute_dtype_is_the_autocast_one_or_the_weights():
+    assert harness.compute_dtype(_trainer(bf16=True)) == "bfloat16"  # Trainer autocasts (TRL's default bf16)
+    assert harness.compute_dtype(_trainer()) == "float32"
+    assert harness.compute_dtype(_trainer(weights="bfloat16")) == "bfloat16"  # bf16 weights, no autocast
+    assert harness.compute_dtype(_trainer(bf16=True, ppo="trl")) == "float32"  # TRL's PPO loop never autocasts
+    assert harness.compute_dtype(_trainer(bf16=True, ppo="ours")) == "bfloat16"  # ours does, on CPU
+
+
+# --- synthetic data --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer(embedded_model_path):
+    from rlhf_recipes.models import load_tokenizer
+
+    return load_tokenizer(str(embedded_model_path))
+
+
+def test_synthetic_lengths_are_log_uniform_in_20_to_500_and_deterministic_by_seed(tokenizer):
+    rows, lengths, loss_tokens = synthetic.Synthetic(tokenizer, seed=1).conversations(40)
+    assert all(synthetic.MIN_TOKENS <= n <= synthetic.MAX_TOKENS for n in lengths)
+    assert sorted(lengths)[len(lengths) // 2] < 200 < max(lengths)  # log-uniform: most short, some long
+    assert all(0 < k < n for k, n in zip(loss_tokens, lengths))
+    assert synthetic.Synthetic(tokenizer, seed=1).conversations(40)[0] == rows
+    assert synthetic.Synthetic(tokenizer, seed=2).conversations(40)[0] != rows
+    pairs, pair_lengths = synthetic.Synthetic(tokenizer, seed=1).pairs(5)
+    assert all(synthetic.MIN_TOKENS <= n <= synthetic.MAX_TOKENS for n in pair_lengths)
+    assert [m["role"] for m in pairs[0]["prompt"]] == ["system", "user"] and pairs[0]["chosen"][0][
+        "role"
+    ] == "assistant"
+
+
+def test_synthetic_rows_hit_a_target_length_for_every_stage_kind(tokenizer):
+    generator = synthetic.Synthetic(tokenizer, seed=0)
+    _, lengths, _ = generator.conversations(3, target=300)
+    assert all(296 <= n <= 300 for n in lengths)
+    _, lengths = generator.prompts(3, target=64)
+    assert all(60 <= n <= 64 for n in lengths)
+    for columns, key in ((("text",), "text"), (("prompt",), "prompt"), (("chosen", "rejected"), "chosen")):
+        assert key in generator.for_columns(columns, 1, 50)[0]
+    with pytest.raises(ValueError, match="no synthetic rows"):
+        generator.for_columns(("images",), 1)
+
+
+# --- the roofline of the precision used ------------------------------------------------------------------------------
+
+
+class FakeRates:
+    rates = {"float32": 160.0, "bfloat16": 0.2}
+
+    def gflops(self, dtype):
+        return self.rates[dtype]
+
+
+def test_each_setup_is_held_against_the_roofline_of_the_precision_it_ran_in():
+    plan = {"flops_per_token": 1e9}
+    record = {"speed": 10.0, "global_step": 1, "peak_rss_mib": 1000.0}
+    bf16 = speed._setup_result([{**record, "compute_dtype": "bfloat16"}], 1, 8, plan, FakeRates())
+    fp32 = speed._setup_result([{**record, "compute_dtype": "float32"}], None, 8, plan, FakeRates())
+    assert bf16["roofline_gflops"] == 0.2 and fp32["roofline_gflops"] == 160.0
+    assert bf16["roofline_fraction"]["median"] == pytest.approx(10 * 1e9 / 0.2e9)  # 50x its own, emulated, peak
+    assert fp32["roofline_fraction"]["median"] == pytest.approx(10 * 1e9 / 160e9)
+    assert roofline.fraction(100, 1e9, 200) == pytest.approx(0.5)
+
+
+def test_the_speed_table_names_the_machine_the_dtypes_and_each_roofline():
+    entry = {"speed": harness.summarise([5.0]), "runs": 1, "peak_rss_mib": harness.summarise([900.0])}
+    entry |= {"optimizer_steps": 1, "examples_per_step": 8.0, "roofline_speed": 3.0}
+    setups = {
+        "trl-defaults": {**entry, "compute_dtype": "bfloat16", "capped_steps": 1},
+        "trl": {**entry, "compute_dtype": "float32", "capped_steps": None},
+        "ours": {**entry, "compute_dtype": "float32", "capped_steps": None},
+    }
+    for setup in setups.values():
+        setup["roofline_fraction"] = harness.summarise([0.5])
+    results = {
+        "machine": {"cpu": "AMD EPYC", "cores": 2, "capability": "AVX2", "native_bf16": False},
+        "matmul_gflops": {
+            "float32": {"gflops": 160.0, "min": 150.0, "max": 170.0, "samples": 3, "size": 2048},
+            "bfloat16": {"gflops": 0.2, "min": 0.2, "max": 0.2, "samples": 1, "size": 512},
+        },
+        "sft": {"unit": "real tokens/s", "same_as": {}, "setups": setups, "flops_per_token": 1e9, "commit": "abc"},
+        "data": {"sft_conversations": 8},
+    }
+    results["machine"]["chosen"] = {"dtype": "float32", "reason": "auto -> float32 (cpu AVX2: no native bf16)"}
+    table = speed.markdown(results)
+    assert "CPU capability AVX2; native bf16: no" in table
+    assert "float32 160 GFLOP/s" in table and "bfloat16 0.20 GFLOP/s" in table
+    assert "| sft | compute dtype | bfloat16 | float32 | float32 |" in table
+    assert "0.500 of bfloat16" in table and "capped: 1 run of 1 optimizer step" in table
+
+
+def test_the_memory_bench_fits_the_step_factor_from_a_plan():
+    # fixed 1.0 GiB + 1.6 x step 1.0 GiB = 2.6 planned; a peak of 2.4 means a factor of 1.4
+    plan = {"total_gib": 2.6, "items": [{"component": "allocator overhead on per-step memory (glibc)", "gib": 0.6}]}
+    assert memory.fitted_factor(plan, 2.4, 1.6) == pytest.approx(1.4)
+    assert memory.fitted_factor({"total_gib": 1.0, "items": []}, 1.0, 1.6) is None
+
+
+# --- the GPU check, on CPU -------------------------------------------------------------------------------------------
+
+
+def test_the_gpu_check_plans_every_stage_at_both_sizes_without_a_gpu():
+    rows = gpu_check.plan_checks()
+    planned = {(row["model"], row["stage"]): row["planned_gib"] for row in rows}
+    assert set(planned) == {(model, stage) for model in ("1.5b", "7b") for stage in ("cpt", "sft", "reward", "ppo")}
+    assert all(planned["7b", stage] > planned["1.5b", stage] > 0 for stage in ("cpt", "sft", "reward", "ppo"))
+    assert planned["7b", "ppo"] < gpu_check.PPO_LIMIT_GIB  # what the 7B PPO config promises, and the check measures
+
+
+def test_the_gpu_check_says_plainly_that_there_is_no_gpu(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_check.main([])
+    assert exit_info.value.code == 1
+    assert "this machine has no CUDA GPU" in capsys.readouterr().out
