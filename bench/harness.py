@@ -61,20 +61,22 @@ def run_process(command: list[str], log: Path, timeout: float | None = None, che
     """Run `command` in a fresh process (cwd: the repository) to its end, its output in `log`.
 
     Returns wall seconds, the process's own peak RSS in MiB (Linux reports `ru_maxrss` in KiB) and its exit code.
-    A run past `timeout` seconds is killed with its process group. With `check`, a failure raises BenchError.
+    A run past `timeout` seconds is killed. With `check`, a failure raises BenchError.
     """
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with open(log, "wb") as handle:
-        process = subprocess.Popen(
-            command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True
-        )
-        killer = threading.Timer(timeout, os.killpg, (process.pid, signal.SIGKILL)) if timeout else None
+        process = subprocess.Popen(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env=child_env())
+        killer = threading.Timer(timeout, process.kill) if timeout else None
         if killer:
             killer.start()
         try:
             _, status, usage = os.wait4(process.pid, 0)  # this child's own rusage, not the max over all children
+        except BaseException:  # Ctrl-C or an error here: the child does not run on alone
+            process.kill()
+            process.wait()
+            raise
         finally:
             if killer:
                 killer.cancel()

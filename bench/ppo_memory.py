@@ -83,13 +83,13 @@ def main(argv: list[str] | None = None) -> dict:
             argv = ["--policy", policy, "--reward", reward, "--dataset", "data/demo/prompts"]
             argv += ["--num_sample_generations", "0", "--num_ppo_epochs", "2", "--output_dir", str(output_dir)]
             argv += [*shared, "--use_peft" if setup.endswith("-peft") else "--no-use_peft"]
-            record = harness.run_baseline("trl-ppo-example", argv, output_dir / "log.txt")
+            record = harness.run_baseline("trl-ppo-example", argv, work / "logs" / f"{setup}.log")
         else:
             argv = ["--config", str(CONFIGS / "ppo.yaml"), "--model_name_or_path", DEFAULT_MODEL]
             argv += ["--reward_model_path", reward, "--output_dir", str(output_dir), *shared, *OURS[setup]]
             # the random-head reward model has no held-out accuracy: the gate is for training, not a measurement
             argv += ["--save_strategy", "no", "--min_reward_accuracy", "0"]
-            record = harness.run_stage("ppo", argv, output_dir / "log.txt")
+            record = harness.run_stage("ppo", argv, work / "logs" / f"{setup}.log")
         rows[setup] = {
             "wall_seconds": record["wall_seconds"],
             "peak_rss_mib": record["peak_rss_mib"],
