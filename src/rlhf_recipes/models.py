@@ -50,10 +50,28 @@ def _atomic_build(target: Path, build) -> Path:
     models even under DeepSpeed ZeRO-3 while one process builds and the others wait."""
 
     def build_whole(folder: Path) -> None:
-        with _whole_model_loading():
+        with _whole_model_loading(), _rng_kept():
             build(folder)
 
     return build_cached(target, build_whole)
+
+
+@contextlib.contextmanager
+def _rng_kept():
+    """Building a cache (model init, merging) draws random numbers; a run that builds it must draw the same LoRA
+    initialisation afterwards as a run that finds it built, so the RNG states are put back."""
+    import random
+
+    import numpy as np
+    import torch
+
+    states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.random.set_rng_state(states[2])
 
 
 @contextlib.contextmanager

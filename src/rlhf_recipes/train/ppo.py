@@ -192,13 +192,14 @@ class PPOTrainer(TRLPPOTrainer):
         """The prompt order from a generator of its own (seeded by `seed`), so a resumed run can replay it."""
         from torch.utils.data import DataLoader, RandomSampler
 
-        generator = torch.Generator().manual_seed(self.args.seed)
         loader = DataLoader(
             self.train_dataset,
             batch_size=self.local_dataloader_batch_size,
-            sampler=RandomSampler(self.train_dataset, generator=generator),
+            sampler=RandomSampler(self.train_dataset, generator=torch.Generator().manual_seed(self.args.seed)),
             collate_fn=self.data_collator,
             drop_last=True,  # TRL's loop needs full batches
+            # each new iterator draws a worker seed: from this generator, not from the global RNG of the sampling
+            generator=torch.Generator().manual_seed(self.args.seed + 1),
         )
         self.dataloader = self.accelerator.prepare(loader)
 
@@ -270,7 +271,11 @@ class PPOTrainer(TRLPPOTrainer):
     def train(self, resume_from_checkpoint: str | None = None):
         total = self.args.num_total_batches
         if resume_from_checkpoint:
-            self._resume(resume_from_checkpoint)
+            self._resume(resume_from_checkpoint)  # restores the RNG states saved with the checkpoint
+        else:  # every RNG from a known state here, whatever loading (a datasets cache hit or miss) drew before
+            from transformers import set_seed
+
+            set_seed(self.local_seed)
         enabled = bool(self.args.bf16) and self.accelerator.device.type == "cpu"
         try:
             with self._corrected_loop(enabled), torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
