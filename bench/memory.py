@@ -111,6 +111,8 @@ def run_overrides(stage, folder: Path, steps: int, data: list[str], work: Path) 
 def measure(name: str, stage, extra: list[str], args, data: dict, work: Path) -> dict:
     config = (CONFIGS / f"{stage.name}.yaml").relative_to(REPO)
     overrides = run_overrides(stage, work / name, args.steps, data.get(stage.name, []), work) + extra
+    if args.model and stage.role != "rl":
+        overrides += ["--model_name_or_path", args.model]
     if stage.role == "rl":  # merge its input adapters now, in a process that is not measured
         folders = [overrides[i + 1] for i, token in enumerate(overrides) if token.endswith(("_path", "_or_path"))]
         warm = "import sys; from rlhf_recipes.models import resolve_model_path as r; [r(p) for p in sys.argv[1:]]"
@@ -174,6 +176,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per stage (RL stages: 2 updates)")
     parser.add_argument("--work_dir", default="/tmp/bench-memory", help="data, outputs and logs of the runs")
     parser.add_argument("--out", default=str(RESULTS), help="folder for memory.json and memory.md")
+    parser.add_argument("--model", default=None, help="model for the non-RL stages (default: each config's)")
     parser.add_argument(
         "--held_out", action="store_true", help="also run the held-out variants: " + ", ".join(VARIANTS)
     )
