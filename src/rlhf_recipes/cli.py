@@ -14,13 +14,40 @@ class UserError(Exception):
     """An error the user can fix (bad config, bad data, missing token): printed as one sentence, exit code 2."""
 
 
+RESUMES = "rerun the same command: a training stage resumes from its last complete checkpoint"
+
+
+def environment_error(error: OSError) -> str | None:
+    """One sentence for a fault of the machine rather than of the code (full disk, read-only or forbidden path)."""
+    import errno
+
+    where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+    if error.errno == errno.ENOSPC:
+        return f"the disk is full{where}; free some space and {RESUMES}."
+    if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"cannot write{where}: {error.strerror.lower()}; choose a writable output folder and rerun."
+    if error.errno == errno.EDQUOT:
+        return f"the disk quota is exceeded{where}; free some space and {RESUMES}."
+    return None
+
+
 def run(main: Callable[[], object]) -> None:
-    """Run a recipe's entry point; user errors become one line on stderr and exit code 2, bugs keep their traceback."""
+    """Run a recipe's entry point: user errors and machine faults (full disk, read-only folder, Ctrl-C) become one line
+    on stderr and a non-zero exit code (2, or 130 for Ctrl-C); bugs keep their traceback."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
         main()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"error: interrupted (Ctrl-C); nothing unfinished was marked done; {RESUMES}.", file=sys.stderr)
+        sys.exit(130)
+    except OSError as error:
+        message = environment_error(error)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
 
 

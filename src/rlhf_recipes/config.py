@@ -146,7 +146,7 @@ def coerce(tp, value, key: str, where: Origin, *, lenient: bool = False):
         return UserError(f"key '{key}' {where(key)} must be {describe(tp)}, not {shown}{hint}; fix it.")
 
     if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, Text) and value.lower() in ("null", "none") and type(None) in args):
+        if value is None or (isinstance(value, Text) and value.lower() == "null" and type(None) in args):
             if type(None) in args:
                 return None
             raise wrong()

@@ -68,9 +68,19 @@ def check_output_folder(
             "another folder."
         )
     parent = folder if folder.is_dir() else next((p for p in folder.parents if p.exists()), Path("."))
-    if not os.access(parent, os.W_OK | os.X_OK):
+    if not writable(parent):
         raise UserError(f"{key}={folder} {where} cannot be written ({parent} is read-only); choose a writable folder.")
     return folder
+
+
+def writable(folder: Path) -> bool:
+    """Whether a file can be created in `folder`: tried, not guessed from permission bits (root passes those, but not
+    a read-only file system or an immutable folder)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 def claim(folder: str | Path, what: str) -> Path:

@@ -25,10 +25,12 @@ def training_ids(tokenizer, prompt, completion) -> list[int]:
     """Token ids of (prompt, completion) exactly as TRL's RewardTrainer tokenizes a training pair."""
     from trl.data_utils import _tokenize
 
+    if not prompt:  # an implicit-prompt pair: RewardTrainer tokenizes the completion (the whole conversation) alone
+        prompt = [] if not isinstance(completion, str) else ""
     if not isinstance(prompt, str) or not isinstance(completion, str):  # conversational (messages on either side)
         if isinstance(completion, str):
             completion = [{"role": "assistant", "content": completion}]
-        return list(_tokenize(tokenizer, _messages(prompt) + list(completion))["input_ids"])
+        return list(_tokenize(tokenizer, (_messages(prompt) if prompt else []) + list(completion))["input_ids"])
     text = prompt + completion
     if not text.endswith(tokenizer.eos_token):
         text += tokenizer.eos_token

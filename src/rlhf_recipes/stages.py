@@ -20,7 +20,9 @@ from pathlib import Path
 from .cli import UserError, suggest
 from .models import CAUSAL_LM, REWARD_MODEL
 
-RECIPES = Path(__file__).resolve().parents[2] / "recipes"  # a source checkout's recipes/ (a wheel has none)
+_CHECKOUT_RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+# A source checkout's recipes/ (what users read and run); an installed wheel carries the same files in assets/recipes
+RECIPES = _CHECKOUT_RECIPES if _CHECKOUT_RECIPES.is_dir() else Path(__file__).parent / "assets" / "recipes"
 
 
 def _types(*dotted: str) -> Callable[[], tuple]:
@@ -246,3 +248,15 @@ register(
         parse=_nested("rlhf_recipes.pipeline:parse_argv"),
     )
 )
+
+
+def _load_plugins() -> None:
+    """Stages defined outside this file: every module named in $RLHF_RECIPES_STAGES (comma-separated, importable)
+    is imported and registers its stages; the pipeline's subprocesses inherit the variable, so they see them too."""
+    import os
+
+    for module in filter(None, (m.strip() for m in os.environ.get("RLHF_RECIPES_STAGES", "").split(","))):
+        importlib.import_module(module)
+
+
+_load_plugins()

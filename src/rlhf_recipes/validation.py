@@ -36,6 +36,10 @@ RULES = {
             "parity_max_new_tokens",
             "save_total_limit",
             "num_iterations",
+            "max_rows",
+            "samples_per_prompt",
+            "num_side_by_side",
+            "bootstrap_samples",
         )
     },
     "lora_alpha": (lambda v: v > 0, "must be a positive number"),

@@ -118,6 +118,25 @@ def judge_all(judge, prompts, answers) -> list[dict | None]:
     return [judge.judge(p, a) for p, a in zip(prompts, answers)]
 
 
+def check_judge(spec: str, reward_model: str | None) -> None:
+    """The `judge:` setting checked before any work (loading a judge model waits until answers exist)."""
+    from pathlib import Path
+
+    kind, _, target = spec.partition(":")
+    if spec in ("none", "", "demo") or (kind == "lm" and target):
+        return
+    if kind == "reward" and target:
+        if not Path(target).is_dir():
+            raise UserError(f"judge: reward:{target} names no folder; give a reward model's output folder.")
+        if reward_model and Path(target).resolve() == Path(reward_model).resolve():
+            raise UserError(
+                f"judge: reward:{target} is the reward model RL trained against; a judge must be one it never "
+                "saw (another reward model, the demo judge or a judge LM)."
+            )
+        return
+    raise UserError(f"judge: {spec!r} is not a judge; use demo, reward:<folder>, lm:<model> or none.")
+
+
 def load_judge(spec: str, reward_model: str | None):
     """The judge named by the evaluation's `judge:` setting (None for `none`)."""
     from pathlib import Path

@@ -95,6 +95,9 @@ def run_evaluation(args: EvaluationArguments) -> dict:
     from .report import write_report
 
     fs.check_output_folder(args.output_dir, "output_dir", "", what="evaluation")  # before any work, not after
+    from .judge import check_judge
+
+    check_judge(args.judge, args.reward_model)
     on_cpu = not torch.cuda.is_available() or args.use_cpu
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(args.bf16) and on_cpu):
         report = evaluate_models(args)

@@ -63,6 +63,9 @@ def load_splits(script_args, training_args, stage):
         )
     if Path(name).exists() and not Path(name).is_dir():
         raise UserError(f"dataset_name={name} is a file; give the folder that holds train.jsonl (and test.jsonl).")
+    empty = sorted(p.name for p in Path(name).glob("*.json*") if p.is_file() and p.stat().st_size == 0)
+    if empty:
+        raise UserError(f"dataset_name={name}: {empty[0]} is empty; put the split's rows in it (or remove the file).")
     try:
         dataset = load_dataset(name, name=script_args.dataset_config, streaming=script_args.dataset_streaming)
     except Exception as error:  # datasets raises many kinds for unreadable data; all are the user's to fix

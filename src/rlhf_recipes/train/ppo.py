@@ -90,6 +90,12 @@ def check_model_options(training_args: PPOConfig, model_args) -> None:
             "load_in_4bit: true needs use_peft: true, because a 4-bit policy can only train through LoRA; set "
             "use_peft: true or load_in_4bit: false."
         )
+    per_rank = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+    if per_rank % training_args.num_mini_batches:
+        raise UserError(
+            f"num_mini_batches={training_args.num_mini_batches} must divide the episodes of one update on each process "
+            f"(per_device_train_batch_size x gradient_accumulation_steps = {per_rank}); change one of them."
+        )
     four_bit = [k for k in ("reward_model_load_in_4bit", "value_model_load_in_4bit") if getattr(training_args, k)]
     if four_bit and model_args.dtype not in ("bfloat16", "float16", "float32"):
         raise UserError(
@@ -339,6 +345,17 @@ def tokenize_prompts(dataset, tokenizer, num_proc: int | None = None):
     """`{"prompt": [messages] | str}` rows -> `{"input_ids"}` ending with the assistant generation prompt."""
     if "prompt" not in dataset.column_names:
         raise UserError(f"PPO prompts need a 'prompt' column; this dataset has {', '.join(dataset.column_names)}.")
+
+    for row, prompt in enumerate(dataset["prompt"]):  # before any work: a bad row is one sentence, not a traceback
+        well_formed = isinstance(prompt, str) and prompt.strip() or (
+            isinstance(prompt, list) and prompt and all(isinstance(m, dict) and "role" in m and "content" in m
+                                                        for m in prompt) and prompt[-1]["role"] != "assistant"
+        )  # fmt: skip
+        if not well_formed:
+            raise UserError(
+                f"PPO prompt {row} of the train split is {str(prompt)[:60]!r}; a prompt is a non-empty string or a list of "
+                "{role, content} messages ending in a user turn (fix it with recipes/prepare_data.py)."
+            )
 
     def tokenize(row):
         prompt = row["prompt"]

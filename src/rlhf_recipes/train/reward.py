@@ -53,7 +53,7 @@ def check_pair_lengths(dataset, tokenizer, training_args, dataset_name: str) -> 
         return {}
 
     def measure(batch):
-        prompts = batch["prompt"] if "prompt" in batch else [""] * len(batch["chosen"])
+        prompts = batch["prompt"] if "prompt" in batch else [None] * len(batch["chosen"])
         return {
             "_longest": [
                 max(len(training_ids(tokenizer, p, c)), len(training_ids(tokenizer, p, r)))
