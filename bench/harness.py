@@ -3,7 +3,8 @@
 A measured run is a new Python process, so that nothing one run loads, caches or fragments colours the next:
 
 - `run_process(command, log)`: any command; its wall seconds and its own peak RSS (the child's `ru_maxrss`, read
-  with `os.wait4` when it exits).
+  with `os.wait4` when it exits, by a small launcher that forks it: Linux carries the high-water mark of the
+  process that spawns across `exec`, so a child spawned straight from a large parent reports the parent's peak).
 - `run_stage(name, argv, log)`: one of this project's stages, started through the registry exactly as
   `python recipes/<name>.py ARGV` would start it (`stages.get(name).run(argv)`), in a child process.
 - `run_baseline(name, argv, log)`: a plain-TRL baseline in a child process: `trl sft` and `trl reward` (TRL's own
@@ -57,6 +58,27 @@ def child_env() -> dict:
 # ---------------------------------------------------------------------------------------------------- the parent
 
 
+# Forks the command (a fresh small address space, so its ru_maxrss is its own), makes it die with the launcher
+# (PR_SET_PDEATHSIG), waits for it and writes its exit code and peak RSS to argv[1].
+_LAUNCHER = """
+import ctypes, json, os, signal, sys
+pid = os.fork()
+if pid == 0:
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: a killed launcher takes the command with it
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    except OSError as error:
+        print(f"cannot start {sys.argv[2]}: {error}", file=sys.stderr)
+        os._exit(127)
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the command (same process group); wait for it
+_, status, usage = os.wait4(pid, 0)
+code = os.waitstatus_to_exitcode(status)
+with open(sys.argv[1], "w") as handle:
+    json.dump({"returncode": code, "maxrss_kib": usage.ru_maxrss}, handle)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
 def run_process(command: list[str], log: Path, timeout: float | None = None, check: bool = True) -> dict:
     """Run `command` in a fresh process (cwd: the repository) to its end, its output in `log`.
 
@@ -65,9 +87,12 @@ def run_process(command: list[str], log: Path, timeout: float | None = None, che
     """
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
+    usage_file = log.with_name(log.name + ".rusage.json")
+    usage_file.unlink(missing_ok=True)
     started = time.perf_counter()
     with open(log, "wb") as handle:
-        process = subprocess.Popen(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env=child_env())
+        launcher = [sys.executable, "-c", _LAUNCHER, str(usage_file), *map(str, command)]
+        process = subprocess.Popen(launcher, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env=child_env())
         killer = threading.Timer(timeout, process.kill) if timeout else None
         if killer:
             killer.start()
@@ -82,11 +107,17 @@ def run_process(command: list[str], log: Path, timeout: float | None = None, che
                 killer.cancel()
     process.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - started
+    if usage_file.exists():  # the launcher saw the command end: its exit code and its own peak
+        measured = json.loads(usage_file.read_text())
+        usage_file.unlink()
+        process.returncode, peak_kib = measured["returncode"], measured["maxrss_kib"]
+    else:  # the launcher itself was stopped (timeout, Ctrl-C): the command died with it
+        peak_kib = usage.ru_maxrss
     timed_out = bool(timeout) and process.returncode == -signal.SIGKILL and seconds >= timeout
     record = {
         "command": " ".join(str(part) for part in command),
         "wall_seconds": round(seconds, 2),
-        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        "peak_rss_mib": round(peak_kib / 1024, 1),
         "returncode": process.returncode,
         "timed_out": timed_out,
         "log": str(log),

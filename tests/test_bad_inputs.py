@@ -295,7 +295,7 @@ CATALOGUE = [
         "wrong_type",
         {},
         {**config(["a.jsonl"]), "cleaning": {"max_tokens": "lots"}},
-        ["cleaning.max_tokens", "must be an integer, not 'lots'"],
+        ["cleaning.max_tokens", "must be an integer or null, not 'lots'"],
     ),
     Case(
         "min_tokens_above_max_tokens",

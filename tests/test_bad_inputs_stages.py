@@ -8,6 +8,7 @@ as it was before (absent stays absent, a user's folder untouched, nothing that l
 from __future__ import annotations
 
 import json
+import logging
 import os
 import runpy
 import shutil
@@ -172,6 +173,10 @@ def _tree(folder: Path) -> dict:
 
 def run_recipe(entry: str, argv: list[str], capsys) -> tuple[int, str]:
     recipe = REPO / "recipes" / f"{entry}.py"
+    for name in ("transformers", "datasets", "trl", "accelerate", "peft"):  # libraries that set up their handler
+        for handler in logging.getLogger(name).handlers:  # once keep the stderr of the test that ran first, which
+            if type(handler) is logging.StreamHandler:  # capsys has closed by now: point them at this test's
+                handler.stream = sys.stderr  # (setStream would first flush the closed one)
     saved = sys.argv
     sys.argv = [str(recipe), *argv]
     try:

@@ -15,12 +15,18 @@ from bench import gpu_check, harness, memory, roofline, speed, synthetic
 
 def test_a_fresh_process_run_records_its_own_peak_rss_and_time(tmp_path):
     touch_300_mib = "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"
+    ballast = bytearray(900 * 2**20)  # a large parent (pytest late in a run is ~1.3 GiB): Linux would hand its
+    ballast[::4096] = b"x" * len(ballast[::4096])  # high-water mark to a child it spawns directly
     record = harness.run_process([sys.executable, "-c", touch_300_mib], tmp_path / "run.log")
     assert record["returncode"] == 0
     assert 300 <= record["peak_rss_mib"] < 600  # the child's own peak, not this test process's
     assert record["wall_seconds"] > 0
     small = harness.run_process([sys.executable, "-c", "pass"], tmp_path / "small.log")
     assert small["peak_rss_mib"] < 200  # each run is measured on its own
+    del ballast
+    assert harness.run_process([sys.executable, "-c", "raise SystemExit(5)"], tmp_path / "x.log", check=False)[
+        "returncode"
+    ] == 5
 
 
 def test_a_failed_or_overlong_run_raises_with_the_end_of_its_log(tmp_path):

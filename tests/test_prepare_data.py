@@ -506,7 +506,7 @@ def test_output_folders_are_never_clobbered(tmp_path, tokenizer_path):
     run_config(tmp_path, tokenizer_path, datasets)
     folder = tmp_path / "out" / "cpt"
     first = (folder / "train.jsonl").read_text()
-    with pytest.raises(UserError, match="already exists and is not empty"):
+    with pytest.raises(UserError, match="already holds an earlier data output; set overwrite: true"):
         run_config(tmp_path, tokenizer_path, datasets)
     (folder / "train.jsonl").write_text("stale\n")  # marks the earlier output, so the rewrite shows
     run_config(tmp_path, tokenizer_path, datasets, overwrite=True)  # replaces its own earlier output

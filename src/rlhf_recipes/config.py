@@ -119,7 +119,7 @@ def describe(tp) -> str:
     if origin is Literal:
         return " | ".join(str(a) for a in args)
     if origin in (typing.Union, types.UnionType):
-        return " | ".join(describe(a) for a in args if a is not type(None)) + (" | null" if type(None) in args else "")
+        return " or ".join([describe(a) for a in args if a is not type(None)] + (["null"] if type(None) in args else []))
     if origin is list:
         return f"a list of {describe(args[0])}" if args else "a list"
     if origin is dict:
@@ -155,7 +155,7 @@ def coerce(tp, value, key: str, where: Origin, *, lenient: bool = False):
             try:
                 return coerce(members[0], value, key, where, lenient=lenient)
             except UserError:
-                raise wrong() from None  # names the whole type ("an integer | null")
+                raise wrong() from None  # names the whole type ("an integer or null")
         for member in sorted(members, key=lambda m: m is str):  # str last: "5" for int | str is 5
             try:
                 return coerce(member, value, key, where, lenient=False)

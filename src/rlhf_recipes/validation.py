@@ -30,6 +30,7 @@ RULES = {
             "num_generations",
             "max_completion_length",
             "max_new_tokens",
+            "qa_max_new_tokens",
             "batch_size",
             "length_buckets",
             "parity_samples",
@@ -89,7 +90,8 @@ def check_values(parsed: tuple, origin=None) -> None:
             if not good:
                 where = origin(key) if origin else "in the config"
                 raise UserError(f"key '{key}' {where} is {value!r}, but it {must}; fix it.")
-        if getattr(config, "use_peft", True) is False and getattr(config, "dtype", None) in ("bfloat16", "float16"):
+        full_ft = getattr(config, "use_peft", True) is False and not getattr(config, "load_in_4bit", False)
+        if full_ft and getattr(config, "dtype", None) in ("bfloat16", "float16"):  # (4-bit without LoRA: its own error)
             # full fine-tuning updates the weights themselves: in half precision an AdamW step of 1e-5 rounds away
             raise UserError(
                 f"use_peft: false with dtype: {config.dtype} trains half-precision weights, whose small updates round "
