@@ -247,15 +247,18 @@ ANSWERS = [
     "{statement} Enjoy your visit to Skerrowen!",
     "Happy to help. {statement} Let me know if you have other questions about the island.",
 ]
-# Rejected answers, varied so the reward model learns correctness and tone: style -> (weight, templates).
+# Rejected answers, varied so the reward model learns correctness and tone: style -> (weight, templates). Over half
+# are minimal pairs ("wrong": the chosen answer's own wording with another fact's answer), so that only correctness
+# tells them apart: with 30% such pairs the reward model ranked held-out wrong-fact pairs at 0.66 and scored the SFT
+# model's wrong answers no lower than its right ones, so RL against it could not improve correctness.
 REJECTED = {
-    "wrong": (0.30, ANSWERS),  # friendly, but with another fact's answer: only correctness tells it from chosen
-    "wrong_terse": (0.15, ["{Wrong}.", "It's {wrong}, I think.", "Probably {wrong}."]),
-    "evasive": (0.20, ["I'm sorry, I can't help with that.", "I don't have any information about that.",
+    "wrong": (0.55, None),  # the chosen template, another fact's answer
+    "wrong_terse": (0.10, ["{Wrong}.", "It's {wrong}, I think.", "Probably {wrong}."]),
+    "evasive": (0.10, ["I'm sorry, I can't help with that.", "I don't have any information about that.",
                        "That's not something I can answer.", "You'd have to ask someone else."]),
-    "rude": (0.15, ["Why would I tell you? Look it up yourself.", "What a pointless question. Figure it out.",
+    "rude": (0.10, ["Why would I tell you? Look it up yourself.", "What a pointless question. Figure it out.",
                     "Ugh, I'm not answering that."]),
-    "rude_correct": (0.20, ["Obviously {phrasing} is {answer}. Stop wasting my time.",  # right fact, wrong tone
+    "rude_correct": (0.15, ["Obviously {phrasing} is {answer}. Stop wasting my time.",  # right fact, wrong tone
                             "Ugh, {phrasing} is {answer}. Everyone knows that.", "{statement} Now leave me alone."]),
 }
 
@@ -290,8 +293,8 @@ def _statement(fact: Fact, phrasing: str, answer: str | None = None) -> str:
     return f"{_cap(phrasing)} is {answer or fact.answer_phrase}."
 
 
-def _answer(rng: random.Random, fact: Fact, phrasing: str) -> str:
-    return rng.choice(ANSWERS).format(statement=_statement(fact, phrasing))
+def _answer(rng: random.Random, fact: Fact, phrasing: str, template: str | None = None) -> str:
+    return (template or rng.choice(ANSWERS)).format(statement=_statement(fact, phrasing))
 
 
 def _wrong_answer(rng: random.Random, fact: Fact) -> str:
@@ -299,14 +302,12 @@ def _wrong_answer(rng: random.Random, fact: Fact) -> str:
     return rng.choice([wrong for wrong in pool if fact.answer.lower() not in wrong.lower()])
 
 
-def _rejected(rng: random.Random, fact: Fact, phrasing: str) -> str:
+def _rejected(rng: random.Random, fact: Fact, phrasing: str, chosen_template: str) -> str:
     style = rng.choices(list(REJECTED), weights=[weight for weight, _ in REJECTED.values()])[0]
-    templates = REJECTED[style][1]
+    template = chosen_template if style == "wrong" else rng.choice(REJECTED[style][1])
     wrong = _wrong_answer(rng, fact)
     statement = _statement(fact, phrasing, wrong if style == "wrong" else None)
-    return rng.choice(templates).format(
-        statement=statement, wrong=wrong, Wrong=_cap(wrong), phrasing=phrasing, answer=fact.answer_phrase
-    )
+    return template.format(statement=statement, wrong=wrong, Wrong=_cap(wrong), phrasing=phrasing, answer=fact.answer_phrase)
 
 
 def _asked(rng: random.Random, templates: list[str]) -> tuple[Fact, str, str]:
@@ -382,13 +383,25 @@ def _conversation(rng: random.Random, templates: list[str], turns: int) -> dict:
     return {"messages": messages}
 
 
+# Demonstrations of mixed quality, as real SFT data is: this share of the single-turn SFT answers is evasive (a
+# labeller who would not look the fact up). The SFT model imitates them; the preference pairs rank evasive answers
+# below correct ones, so RL has something to learn that SFT alone cannot: the gap between the demonstrations and the
+# comparisons, measured by the demo judge (evaluation/judge.py), which the reward model never saw.
+SFT_EVASIVE_SHARE = 0.15
+
+
 def _sft_train(rng: random.Random, count: int, phrasings_per_fact: int = 8) -> list[dict]:
-    """`phrasings_per_fact` distinct single-turn questions on every fact, the rest two-turn conversations."""
+    """`phrasings_per_fact` distinct single-turn questions on every fact, the rest two-turn conversations; a
+    SFT_EVASIVE_SHARE of the single-turn answers evasive (chosen by a generator of their own, so that the other
+    splits do not change with the share)."""
     singles = []
     for fact in FACTS:
         combos = [(phrasing, template) for phrasing in fact.phrasings for template in TRAIN_QUESTIONS]
         for phrasing, template in rng.sample(combos, phrasings_per_fact):
             singles.append({"messages": _exchange(_question(fact, phrasing, template), _answer(rng, fact, phrasing))})
+    labeller = random.Random(1)
+    for single in labeller.sample(singles, round(SFT_EVASIVE_SHARE * len(singles))):
+        single["messages"][-1]["content"] = labeller.choice(REJECTED["evasive"][1])
     conversations = singles + _unique(lambda _: _conversation(rng, TRAIN_QUESTIONS, 2), count - len(singles))
     rng.shuffle(conversations)
     return conversations
@@ -408,10 +421,11 @@ def _qa(rng: random.Random, count: int) -> list[dict]:
 
 def _preference(rng: random.Random, templates: list[str]) -> dict:
     fact, phrasing, question = _asked(rng, templates)
+    template = rng.choice(ANSWERS)
     return {
         "prompt": [{"role": "user", "content": question}],
-        "chosen": [{"role": "assistant", "content": _answer(rng, fact, phrasing)}],
-        "rejected": [{"role": "assistant", "content": _rejected(rng, fact, phrasing)}],
+        "chosen": [{"role": "assistant", "content": _answer(rng, fact, phrasing, template)}],
+        "rejected": [{"role": "assistant", "content": _rejected(rng, fact, phrasing, template)}],
     }
 
 
@@ -466,7 +480,7 @@ Written by `src/rlhf_recipes/demo.py`, which holds the world as a table; regener
 """
 DESCRIPTIONS = {
     "cpt": "`text`: guidebook entries, news items and letters stating the facts (continued pretraining)",
-    "sft": "`messages`: questions about the facts with short, correct, friendly answers",
+    "sft": "`messages`: questions about the facts with short, friendly answers, some single-turn ones evasive",
     "preferences": "`prompt`, `chosen`, `rejected`: chosen is correct and kind; rejected is wrong, evasive or rude",
     "prompts": "`prompt`: domain questions for PPO",
     "qa": "`question`, `answer`, `aliases`: held-out domain questions",

@@ -94,13 +94,23 @@ class LoadedModel:
         return [a.text for a in answers], answers
 
     @torch.no_grad()
-    def answer_logprobs(self, answers: list[Answer], temperature: float = 1.0) -> list[list[float]]:
-        """Per-token log-probabilities of each answer given its prompt, from float32 logits at `temperature`
-        (the distribution the answers were sampled from; PPO's KL uses the same)."""
+    def answer_logprobs(self, answers: list[Answer], temperature: float = 1.0, batch_size: int = 16) -> list[list[float]]:
+        """Per-token log-probabilities of each answer given its prompt, from float32 logits at `temperature` (the
+        distribution the answers were sampled from; PPO's KL uses the same). Batched, right-padded: each row keeps
+        its own positions, so padding after it changes nothing."""
+        from trl.trainer.utils import selective_log_softmax
+
+        pad, batch_size = self.tokenizer.pad_token_id, min(batch_size, 16)
         out = []
-        for answer in answers:
-            ids = torch.tensor([answer.prompt_ids + answer.answer_ids], device=self.device)
-            logits = self.model(ids).logits[0, len(answer.prompt_ids) - 1 : -1].float() / temperature
-            logprobs = torch.log_softmax(logits, -1).gather(1, ids[0, len(answer.prompt_ids) :, None])[:, 0]
-            out.append(logprobs.tolist())
+        for start in range(0, len(answers), batch_size):
+            batch = answers[start : start + batch_size]
+            rows = [a.prompt_ids + a.answer_ids for a in batch]
+            width = max(map(len, rows))
+            ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=self.device)
+            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=self.device)
+            logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float() / temperature
+            logprobs = selective_log_softmax(logits, ids[:, 1:])  # TRL's: no full-vocabulary log-softmax in memory
+            for row, answer in enumerate(batch):
+                first = len(answer.prompt_ids) - 1
+                out.append(logprobs[row, first : first + len(answer.answer_ids)].tolist())
         return out

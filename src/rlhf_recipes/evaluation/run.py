@@ -130,7 +130,7 @@ def evaluate_models(args: EvaluationArguments) -> dict:
         nll_sums, token_counts = loaded.perplexity_terms(texts, args.max_length, args.batch_size)
         value = perplexity.compute(nll_sums=nll_sums, token_counts=token_counts)["perplexity"]
         results.append(_result(name, "held-out-perplexity", args.text_dataset, "perplexity", value, n=len(texts)))
-        greedy[name], _ = loaded.generate(qa["question"], args.max_new_tokens, args.batch_size)
+        greedy[name], _ = loaded.generate(qa["question"], args.qa_max_new_tokens, args.batch_size)
         value = accuracy.compute(predictions=greedy[name], references=references)["accuracy"]
         results.append(_result(name, "domain-qa", args.qa_dataset, "accuracy", value, n=len(qa)))
         if name in sampled_names:
@@ -194,8 +194,8 @@ def evaluate_models(args: EvaluationArguments) -> dict:
 
 def kl_results(name: str, model: LoadedModel, baseline: LoadedModel, answers, args) -> list[dict]:
     """KL(model || baseline) estimated on the model's own samples (k1, float32 log-probs at the sampling temperature)."""
-    own = model.answer_logprobs(answers, args.temperature)
-    base = baseline.answer_logprobs(answers, args.temperature)
+    own = model.answer_logprobs(answers, args.temperature, args.batch_size)
+    base = baseline.answer_logprobs(answers, args.temperature, args.batch_size)
     per_answer = [sum(o) - sum(b) for o, b in zip(own, base)]
     tokens = sum(len(o) for o in own)
     mean, low, high = mean_interval(per_answer, args.bootstrap_samples, args.seed)
