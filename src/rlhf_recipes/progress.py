@@ -61,8 +61,8 @@ class PipelineClock:
 
     def _machine_factor(self) -> float | None:
         """Reference float32 GFLOP/s / this machine's GFLOP/s in the precision the stages will compute in."""
-        if not self.config.expected_at_gflops:
-            return None
+        if not self.config.expected_at_gflops or not any(run.expected_seconds for run in self.remaining):
+            return None  # nothing to scale: no forecast rather than "about 0 s"
         import torch
 
         if torch.cuda.is_available():
@@ -70,7 +70,7 @@ class PipelineClock:
         from . import precision
 
         chosen = precision.resolve({"auto": "auto", "bf16": True, "float32": False}[self.config.precision], True)
-        rate = precision.matmul_rate(chosen.dtype, size=512 if chosen.dtype == "float32" else 128, seconds=0.2)
+        rate = precision.matmul_rate(chosen.dtype, size=1024 if chosen.dtype == "float32" else 128, seconds=0.5)
         factor = self.config.expected_at_gflops / max(rate, 1e-9)
         total = sum(run.expected_seconds or 0 for run in self.remaining) * factor
         print(

@@ -1,6 +1,6 @@
 """Judges the reward model never saw: they measure whether RL improved the answers, not only the reward model's score.
 
-- `DemoJudge`: rule-based, over the demo world's own facts and styles (demo.py): an answer is good when it states
+- `DemoJudge`: rule-based, over the demo world's own facts and styles (demo_world.py): an answer is good when it states
   the asked fact's answer (and no competing wrong answer) and is neither evasive nor rude. A policy cannot game it
   without answering correctly and politely.
 - `RewardModelJudge`: a held-out reward model (trained on other data or by other people), never the one RL used.
