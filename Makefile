@@ -1,5 +1,5 @@
 # make setup: a virtual environment with the pinned stack and the embedded model (re-run when requirements change)
-# make demo:  the whole pipeline on the embedded SmolLM2-135M-Instruct (CPU: 14.8 minutes measured on 2 cores)
+# make demo:  the whole pipeline on the embedded SmolLM2-135M-Instruct (22.6 min measured on 2 AVX2 cores, float32)
 # make test:  the fast CPU test suite on a tiny random model
 # Benches (python -m bench.<name>; each run a fresh process; results in bench/results/; need a quiet machine):
 # make bench:            SFT, reward and PPO side by side with plain TRL: tokens/s, roofline of the precision used,

@@ -24,9 +24,12 @@ def test_a_fresh_process_run_records_its_own_peak_rss_and_time(tmp_path):
     small = harness.run_process([sys.executable, "-c", "pass"], tmp_path / "small.log")
     assert small["peak_rss_mib"] < 200  # each run is measured on its own
     del ballast
-    assert harness.run_process([sys.executable, "-c", "raise SystemExit(5)"], tmp_path / "x.log", check=False)[
-        "returncode"
-    ] == 5
+    assert (
+        harness.run_process([sys.executable, "-c", "raise SystemExit(5)"], tmp_path / "x.log", check=False)[
+            "returncode"
+        ]
+        == 5
+    )
 
 
 def test_a_failed_or_overlong_run_raises_with_the_end_of_its_log(tmp_path):

@@ -145,7 +145,16 @@ def test_ppo_four_models_and_their_options():
     four_bit = planner.plan_config(config, ["--reward_model_load_in_4bit", "true"], device="cuda:80GiB")
     assert item(four_bit, "reward model weights") < item(lora, "reward model weights")
     assert item(lora, "reference model (policy with its adapter disabled)") == 0
-    full_ft = ["--use_peft", "false", "--dtype", "float32", "--load_in_4bit", "false", "--value_model_load_in_4bit", "false"]
+    full_ft = [
+        "--use_peft",
+        "false",
+        "--dtype",
+        "float32",
+        "--load_in_4bit",
+        "false",
+        "--value_model_load_in_4bit",
+        "false",
+    ]
     full = planner.plan_config(config, full_ft, device="cuda:80GiB")
     assert item(full, "reference model weights") == item(full, "policy weights")  # a second, frozen copy
     assert item(full, "value gradients") > 0  # without use_peft the value model trains every weight

@@ -109,7 +109,8 @@ def test_evaluation_applies_max_rows_everywhere(tmp_path, sft_and_reward, tiny_m
     sft, reward = sft_and_reward
     ppo_dir = tmp_path / "ppo"
     _ppo(sft, reward, ppo_dir, "--total_episodes", "4", "--save_strategy", "no")
-    models = json.dumps({"base": str(tiny_model_path), "sft": str(sft), "ppo": str(ppo_dir)})
+    # the RL model named before its baseline: its KL is measured all the same
+    models = json.dumps({"ppo": str(ppo_dir), "base": str(tiny_model_path), "sft": str(sft)})
     report = stages.get("eval").run(
         ["--config", str(CONFIGS / "eval.yaml"), "--models", models, "--reward_model", str(reward), "--max_rows", "3",
          "--samples_per_prompt", "2", "--max_new_tokens", "4", "--output_dir", str(tmp_path / "eval")]

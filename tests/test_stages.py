@@ -83,7 +83,7 @@ def test_cpt_lora_trains_adapter_and_keeps_base_frozen(tmp_path, tiny_model_path
     lineage = read_lineage(tmp_path)
     assert lineage["stage"] == "cpt" and lineage["model_kind"] == "causal_lm"
     assert lineage["data"]["dataset_name"] == "data/demo/cpt" and lineage["data"]["train_rows"] > 0
-    assert lineage["adapter"]["method"] == "lora" and "eval_loss" in metrics
+    assert lineage["adapter"]["method"] == "lora" and metrics["train_loss"] > 0
 
 
 def test_sft_adapter_loads_back_and_generates(sft_output, tiny_model_path):

@@ -119,7 +119,9 @@ def describe(tp) -> str:
     if origin is Literal:
         return " | ".join(str(a) for a in args)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join([describe(a) for a in args if a is not type(None)] + (["null"] if type(None) in args else []))
+        return " or ".join(
+            [describe(a) for a in args if a is not type(None)] + (["null"] if type(None) in args else [])
+        )
     if origin is list:
         return f"a list of {describe(args[0])}" if args else "a list"
     if origin is dict:

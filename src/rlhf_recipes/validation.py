@@ -91,7 +91,10 @@ def check_values(parsed: tuple, origin=None) -> None:
                 where = origin(key) if origin else "in the config"
                 raise UserError(f"key '{key}' {where} is {value!r}, but it {must}; fix it.")
         full_ft = getattr(config, "use_peft", True) is False and not getattr(config, "load_in_4bit", False)
-        if full_ft and getattr(config, "dtype", None) in ("bfloat16", "float16"):  # (4-bit without LoRA: its own error)
+        if full_ft and getattr(config, "dtype", None) in (
+            "bfloat16",
+            "float16",
+        ):  # (4-bit without LoRA: its own error)
             # full fine-tuning updates the weights themselves: in half precision an AdamW step of 1e-5 rounds away
             raise UserError(
                 f"use_peft: false with dtype: {config.dtype} trains half-precision weights, whose small updates round "

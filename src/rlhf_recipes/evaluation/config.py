@@ -35,8 +35,12 @@ class EvaluationArguments:
     max_rows: int | None = _help("evaluate only the first N rows of each set", default=None)
     samples_per_prompt: int = _help("sampled answers per held-out prompt (reward, judge, KL)", default=2)
     output_dir: str = _help("where eval.json, report.md and the plots go", default="outputs/smollm2-135m/eval")
-    max_new_tokens: int = _help("tokens per sampled answer to a held-out prompt (RL models: their response_length)", default=48)
-    qa_max_new_tokens: int = _help("tokens per greedy answer to a held-out question (the demo's answers take ~15)", default=32)
+    max_new_tokens: int = _help(
+        "tokens per sampled answer to a held-out prompt (RL models: their response_length)", default=48
+    )
+    qa_max_new_tokens: int = _help(
+        "tokens per greedy answer to a held-out question (the demo's answers take ~15)", default=32
+    )
     batch_size: int = _help("sequences per forward pass or generate call", default=16)
     max_length: int = _help("longest tokenized text scored", default=512)
     temperature: float = _help("sampling temperature of the reward, judge and KL answers (PPO's)", default=0.7)

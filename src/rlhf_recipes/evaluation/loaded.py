@@ -94,7 +94,9 @@ class LoadedModel:
         return [a.text for a in answers], answers
 
     @torch.no_grad()
-    def answer_logprobs(self, answers: list[Answer], temperature: float = 1.0, batch_size: int = 16) -> list[list[float]]:
+    def answer_logprobs(
+        self, answers: list[Answer], temperature: float = 1.0, batch_size: int = 16
+    ) -> list[list[float]]:
         """Per-token log-probabilities of each answer given its prompt, from float32 logits at `temperature` (the
         distribution the answers were sampled from; PPO's KL uses the same). Batched, right-padded: each row keeps
         its own positions, so padding after it changes nothing."""

@@ -54,8 +54,15 @@ def summary_table(report: dict) -> str:
     lines += ["", "| target | measured | threshold | met |", "|---|---|---|---|"]
     for t in report["targets"]:
         mark = {True: "yes", False: "NO", None: "not measured"}[t["met"]]
-        lines.append(f"| {t['target']} | {t['measured']} | {t['threshold']} | {mark} |")
+        lines.append(f"| {t['target']} | {_measured(t['measured'])} | {t['threshold']} | {mark} |")
     return "\n".join(lines)
+
+
+def _measured(value) -> str:
+    """A target's measurement as a cell: a compound one (e.g. effect size and interval) as 'name value; ...'."""
+    if isinstance(value, dict):
+        return "; ".join(f"{key.replace('_', ' ')} {item:g}" for key, item in value.items())
+    return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _run_facts(path: str | None) -> dict:

@@ -85,7 +85,8 @@ def describe_models(args: EvaluationArguments) -> dict[str, dict]:
         info["baseline"] = None
         if spec is not None and spec.baseline:
             info["baseline"] = next((n for n, i in described.items() if i["stage"] == spec.baseline), None)
-    return described
+    # baselines first, whatever the order of `models:`: an RL model's KL needs its baseline's log-probs at hand
+    return dict(sorted(described.items(), key=lambda item: item[1]["baseline"] is not None))
 
 
 def run_evaluation(args: EvaluationArguments) -> dict:

@@ -17,7 +17,9 @@ def parse_size(text: str) -> int:
     match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(gib|gb|mib|mb|tib|tb)?\s*", text.lower())
     size = int(float(match.group(1)) * _UNITS[match.group(2) or "gib"]) if match else 0
     if size <= 0:
-        raise UserError(f"--device: cannot read memory size '{text}'; write a size above 0 like cuda:24GiB or cpu:16000MiB.")
+        raise UserError(
+            f"--device: cannot read memory size '{text}'; write a size above 0 like cuda:24GiB or cpu:16000MiB."
+        )
     return size
 
 
