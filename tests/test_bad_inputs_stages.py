@@ -89,7 +89,7 @@ CATALOGUE = [
     Case("sft_dataset_empty_train", "sft", SFT + ["--dataset_name", "{tmp}/data", "--eval_strategy", "no"], ["train.jsonl is empty"], files={"data/train.jsonl": ""}),
     Case("sft_dataset_wrong_columns", "sft", SFT + ["--dataset_name", "{tmp}/data", "--eval_strategy", "no"], ["lacks column(s) messages"],
          files={"data/train.jsonl": '{"text": "hello"}\n'}),
-    Case("sft_dataset_no_test_split", "sft", SFT + ["--dataset_name", "{tmp}/data"], ["no 'test' split", "eval_strategy: no"],
+    Case("sft_dataset_no_test_split", "sft", SFT + ["--dataset_name", "{tmp}/data", "--eval_strategy", "epoch"], ["no 'test' split", "eval_strategy: no"],
          files={"data/train.jsonl": json.dumps(SFT_ROW) + "\n"}),
     Case("cpt_dataset_is_a_file", "cpt", CPT + ["--dataset_name", "{tmp}/train.jsonl"], ["is a file"], files={"train.jsonl": '{"text": "a"}\n'}),
     # ---- reward model

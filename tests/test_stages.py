@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from conftest import CONFIGS
 from safetensors.torch import load_file
 
@@ -166,7 +167,8 @@ def test_ppo_trains_policy_adapter_against_reward_model(tmp_path, sft_output, re
     assert {"objective/kl", "objective/scores"} <= set(metrics)
     lineage = read_lineage(tmp_path)
     assert [step["stage"] for step in lineage["chain"]] == ["sft", "ppo"]
-    assert lineage["config"]["kl_coef"] == 0.05 and lineage["config"]["reward_model_path"] == str(reward_output[0])
+    shipped = yaml.safe_load((CONFIGS / "ppo.yaml").read_text())["kl_coef"]  # the YAML's value reached the trainer
+    assert lineage["config"]["kl_coef"] == shipped and lineage["config"]["reward_model_path"] == str(reward_output[0])
 
 
 def test_merged_adapter_matches_base_plus_adapter(sft_output, tiny_model_path):

@@ -175,8 +175,9 @@ class PPOTrainer(TRLPPOTrainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if not hasattr(self.model, "policy"):  # DDP hides PolicyAndValueWrapper's attributes (huggingface/trl#2375)
-            self.model.__dict__["policy"] = self.accelerator.unwrap_model(self.model).policy
+        for name in ("policy", "config"):  # DDP hides PolicyAndValueWrapper's attributes (huggingface/trl#2375);
+            if not hasattr(self.model, name):  # `config` is read by the model card TRL writes into each checkpoint
+                self.model.__dict__[name] = getattr(self.accelerator.unwrap_model(self.model), name)
         if not hasattr(self, "is_distributed_loading_by_transformers"):  # set by Trainer.__init__, which TRL skips
             self.is_distributed_loading_by_transformers = False
         if self.args.activation_checkpointing:  # `gradient_checkpointing` is its deprecated alias; both are set
