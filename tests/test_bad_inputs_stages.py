@@ -173,10 +173,14 @@ def _tree(folder: Path) -> dict:
 
 def run_recipe(entry: str, argv: list[str], capsys) -> tuple[int, str]:
     recipe = REPO / "recipes" / f"{entry}.py"
-    for name in ("transformers", "datasets", "trl", "accelerate", "peft"):  # libraries that set up their handler
-        for handler in logging.getLogger(name).handlers:  # once keep the stderr of the test that ran first, which
-            if type(handler) is logging.StreamHandler:  # capsys has closed by now: point them at this test's
-                handler.stream = sys.stderr  # (setStream would first flush the closed one)
+    # Handlers set up once (the root's by cli.run, transformers' own) keep the stderr of the test that ran first,
+    # which capsys has closed by now: point every one at this test's (setStream would first flush the closed one).
+    loggers = [logging.getLogger(), *(x for x in logging.Logger.manager.loggerDict.values() if hasattr(x, "handlers"))]
+    for handler in (h for logger in loggers for h in logger.handlers):
+        if type(handler) is logging.StreamHandler:
+            handler.stream = sys.stderr
+            if "flush" in vars(handler):  # transformers binds its handler's flush to the stderr of that moment
+                handler.flush = sys.stderr.flush
     saved = sys.argv
     sys.argv = [str(recipe), *argv]
     try:
