@@ -64,7 +64,8 @@ _LAUNCHER = """
 import ctypes, json, os, signal, sys
 pid = os.fork()
 if pid == 0:
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: a killed launcher takes the command with it
+    if sys.platform.startswith("linux"):  # PR_SET_PDEATHSIG: a killed launcher takes the command with it
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
     try:
         os.execvp(sys.argv[2], sys.argv[2:])
     except OSError as error:

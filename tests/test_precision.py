@@ -53,9 +53,9 @@ def test_auto_on_a_gpu_follows_its_bf16_support(monkeypatch, sm, bf16):
     chosen = precision.resolve("auto")
     assert chosen.device == "cuda" and chosen.bf16 is bf16
     assert f"sm_{sm[0]}{sm[1]}" in chosen.capability
-    _cpu_flags = {"avx512_bf16": True}
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: _cpu_flags)
-    assert precision.resolve("auto", use_cpu=True).device == "cpu"  # use_cpu: the CPU decides, not the GPU
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    on_cpu = precision.resolve("auto", use_cpu=True)  # use_cpu: the CPU decides, not the GPU
+    assert on_cpu.device == "cpu" and on_cpu.bf16 is True
 
 
 def test_an_explicit_setting_is_honoured_and_a_forced_bf16_warns_with_its_cost(monkeypatch, caplog):
