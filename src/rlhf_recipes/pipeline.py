@@ -227,30 +227,76 @@ def os_environ() -> dict:
     return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
-def _run_logged(argv: list[str], log_path: Path, on_progress) -> int:
-    """Run a stage with its output shown live (progress bars included) and kept in a log file; `[progress]` lines
-    the stage prints (progress.py) go to `on_progress`."""
-    import subprocess
+def warm_launcher_usable() -> bool:
+    """Stages start from the warm launcher (launcher.py) on Linux with no GPU visible; `RLHF_RECIPES_WARM=0` turns
+    it off (each stage then is a plain subprocess)."""
+    if os.environ.get("RLHF_RECIPES_WARM", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    import torch
 
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    pending = b""
-    with (
-        open(log_path, "wb") as log,
-        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os_environ()) as proc,
-    ):
-        try:
-            for chunk in iter(lambda: proc.stdout.read1(4096), b""):
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
-                log.write(chunk)
-                pending = (pending + chunk)[-4096:]
-                for match in PROGRESS.finditer(pending):
-                    on_progress(*(group.decode() for group in match.groups()))
-                    pending = pending[match.end() :]
-        except KeyboardInterrupt:
-            proc.terminate()
-            proc.wait()
-            raise
+    return not torch.cuda.is_available()
+
+
+class StageProcesses:
+    """Runs stage commands and streams their output: forked from one warm launcher where usable, else subprocesses."""
+
+    def __init__(self, warm: bool):
+        self.warm, self.launcher = warm, None
+
+    def close(self) -> None:
+        if self.launcher is not None:
+            self.launcher.stdin.close()
+            self.launcher.wait()
+            self.launcher = None
+
+    def run(self, argv: list[str], log_path: Path, on_progress) -> int:
+        """Run a stage with its output shown live (progress bars included) and kept in a log file; `[progress]`
+        lines the stage prints (progress.py) go to `on_progress`."""
+        import subprocess
+
+        from .launcher import MARKER
+
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.warm and self.launcher is None:
+            self.launcher = subprocess.Popen(
+                [sys.executable, "-m", "rlhf_recipes.launcher"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os_environ(),
+            )  # fmt: skip
+        if self.warm:
+            proc = self.launcher
+            proc.stdin.write((json.dumps({"argv": argv}) + "\n").encode())
+            proc.stdin.flush()
+        else:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os_environ())
+        pending, held, code = b"", b"", None
+        with open(log_path, "wb") as log:
+            try:
+                for chunk in iter(lambda: proc.stdout.read1(4096), b""):
+                    chunk, held = held + chunk, b""
+                    if self.warm:
+                        if MARKER in chunk:
+                            chunk, _, rest = chunk.partition(MARKER)
+                            code = int(rest.split(b"code=", 1)[1].split(b"\n", 1)[0])
+                        else:  # a marker may be split across reads: hold back a tail that could start one
+                            cut = max((i for i in range(1, len(MARKER)) if chunk.endswith(MARKER[:i])), default=0)
+                            chunk, held = (chunk[:-cut], chunk[-cut:]) if cut else (chunk, b"")
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+                    log.write(chunk)
+                    pending = (pending + chunk)[-4096:]
+                    for match in PROGRESS.finditer(pending):
+                        on_progress(*(group.decode() for group in match.groups()))
+                        pending = pending[match.end() :]
+                    if code is not None:
+                        return code
+            except KeyboardInterrupt:
+                proc.terminate()
+                proc.wait()
+                self.launcher = None
+                raise
+        if self.warm:  # the launcher itself died (killed, out of memory): this stage failed
+            self.launcher = None
+            return proc.wait() or 1
         return proc.wait()
 
 
@@ -263,6 +309,15 @@ def run_pipeline(config: PipelineConfig, only: list[str] | None = None, force: b
         fs.check_output_folder(output_dir, "output_dir", "of the pipeline", what="pipeline")
     manifest = Manifest(output_dir)
     clock = PipelineClock(config, only, manifest)
+    processes = StageProcesses(warm_launcher_usable())
+    try:
+        return _run_stages(config, only, force, manifest, clock, processes)
+    finally:
+        processes.close()
+
+
+def _run_stages(config, only, force, manifest, clock, processes) -> list[dict]:
+    output_dir = Path(config.output_dir)
     previous, rows = "", []
     for number, run in enumerate(config.stages, 1):
         digest = stage_hash(config, run, previous)
@@ -286,7 +341,7 @@ def run_pipeline(config: PipelineConfig, only: list[str] | None = None, force: b
         manifest.record(run.name, hash=digest, status="running")
         clock.start(run)
         try:
-            code = _run_logged(command(config, run), output_dir / "logs" / f"{run.name}.log", clock.progress)
+            code = processes.run(command(config, run), output_dir / "logs" / f"{run.name}.log", clock.progress)
         except KeyboardInterrupt:
             manifest.record(run.name, hash=digest, status="interrupted")
             raise UserError(

@@ -37,6 +37,19 @@ def training_ids(tokenizer, prompt, completion) -> list[int]:
     return list(_tokenize(tokenizer, text)["input_ids"])
 
 
+def length_batches(order: list[int], lengths: list[int], batch_size: int, max_tokens: int = 2048):
+    """Consecutive runs of `order` (indices sorted by length) of at most `batch_size` rows and `max_tokens` padded
+    tokens: a forward pass on CPU is compute-bound, so padding is the only waste a batch adds."""
+    batch = []
+    for index in order:
+        if batch and (len(batch) == batch_size or (len(batch) + 1) * lengths[index] > max_tokens):
+            yield batch
+            batch = []
+        batch.append(index)
+    if batch:
+        yield batch
+
+
 class TurnRenderer:
     """Builds the training rendering of `rendered prompt + answer` for rollouts that exist only as token ids (PPO).
 
@@ -84,18 +97,24 @@ class RewardScorer:
 
     @torch.no_grad()
     def score_ids(self, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Scores of token-id sequences, right-padded like RewardTrainer's collator, read at each last token."""
+        """Scores of token-id sequences, right-padded like RewardTrainer's collator, read at each last token.
+
+        Sequences are batched by length (each batch padded to its own longest: right padding changes no earlier
+        position, so the score is the same) and returned in the order given."""
         pad = self.tokenizer.pad_token_id
         device = next(self.model.parameters()).device
-        scores = []
-        for start in range(0, len(sequences), self.batch_size):
-            batch = [list(s) for s in sequences[start : start + self.batch_size]]
-            width = max(len(s) for s in batch)
-            input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in batch], device=device)
-            attention_mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch], device=device)
+        sequences = [list(s) for s in sequences]
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        scores = torch.zeros(len(sequences))
+        for rows in length_batches(order, [len(s) for s in sequences], self.batch_size):
+            width = max(len(sequences[i]) for i in rows)
+            input_ids = torch.tensor([sequences[i] + [pad] * (width - len(sequences[i])) for i in rows], device=device)
+            attention_mask = torch.tensor(
+                [[1] * len(sequences[i]) + [0] * (width - len(sequences[i])) for i in rows], device=device
+            )
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-            scores.append(logits[:, 0].float())
-        return torch.cat(scores) if scores else torch.zeros(0)
+            scores[rows] = logits[:, 0].float().cpu()
+        return scores
 
     def score(self, prompts: Sequence, completions: Sequence) -> list[float]:
         """Scores of (prompt, completion) pairs: messages or plain text, as in the preference data."""

@@ -33,6 +33,17 @@ class EvaluationArguments:
     prompt_dataset: str = _help("held-out prompts that RL models answer", default="data/demo/prompts")
     eval_split: str = _help("the split of every dataset above to evaluate on", default="test")
     max_rows: int | None = _help("evaluate only the first N rows of each set", default=None)
+    skip: list[str] = _help(
+        "MODEL.TASK measurements to leave out (tasks: held-out-perplexity, domain-qa), e.g. cpt.domain-qa when no "
+        "target reads it; a skipped cell says so in the report",
+        default_factory=list,
+    )
+    reward_accuracy_from_lineage: bool = _help(
+        "take the reward model's held-out pairwise accuracy from its lineage.json when the reward stage measured it "
+        "on the same split of the same data (same pairs, same scores: a test holds the two equal); false measures "
+        "it again",
+        default=True,
+    )
     samples_per_prompt: int = _help("sampled answers per held-out prompt (reward, judge, KL)", default=2)
     output_dir: str = _help("where eval.json, report.md and the plots go", default="outputs/smollm2-135m/eval")
     max_new_tokens: int = _help(

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..scoring import length_batches
+
 
 def as_messages(prompt) -> list[dict]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
@@ -35,20 +37,25 @@ class LoadedModel:
 
     @torch.no_grad()
     def perplexity_terms(self, texts: list[str], max_length: int, batch_size: int) -> tuple[list[float], list[int]]:
-        nll_sums, counts = [], []
-        for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer(
-                texts[start : start + batch_size],
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-            ).to(self.device)
-            logits = self.model(**batch).logits[:, :-1].float()
-            targets, mask = batch["input_ids"][:, 1:], batch["attention_mask"][:, 1:]
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none") * mask
-            nll_sums += nll.sum(1).tolist()
-            counts += mask.sum(1).tolist()
+        """Summed next-token NLL and token count of each text (in the given order). Texts are batched by length, so
+        a batch pads only to its own longest (padding is ~30% of the demo's held-out text otherwise)."""
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        pad = self.tokenizer.pad_token_id
+        nll_sums, counts = [0.0] * len(texts), [0] * len(texts)
+        for rows in length_batches(order, [len(e) for e in encoded], batch_size):
+            width = max(len(encoded[i]) for i in rows)
+            ids = torch.tensor([encoded[i] + [pad] * (width - len(encoded[i])) for i in rows], device=self.device)
+            mask = torch.tensor([[1] * len(encoded[i]) + [0] * (width - len(encoded[i])) for i in rows])
+            mask = mask.to(self.device)
+            logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            targets, kept = ids[:, 1:], mask[:, 1:]
+            nll = torch.nn.functional.cross_entropy(  # flat: a transposed (B, V, L) input is ~4x slower on CPU
+                logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+            ).view(targets.shape)
+            nll = nll * kept
+            for row, index in enumerate(rows):
+                nll_sums[index], counts[index] = nll[row].sum().item(), int(kept[row].sum())
         return nll_sums, counts
 
     @torch.no_grad()

@@ -146,7 +146,8 @@ def write_report(report: dict, args) -> None:
     lines = [
         "# Evaluation",
         "",
-        f"Rows evaluated: {report['rows']}; judge: {report['judge']}.",
+        f"Rows evaluated: {report['rows']}; judge: {report['judge']}."
+        + (f" Not measured (`skip`): {', '.join(report['skipped'])}." if report.get("skipped") else ""),
         "",
         summary_table(report),
     ]

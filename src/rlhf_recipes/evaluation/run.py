@@ -24,6 +24,7 @@ from .targets import check_targets, reward_label
 
 logger = logging.getLogger(__name__)
 METRICS = Path(__file__).parent / "metrics"
+SKIPPABLE = ("held-out-perplexity", "domain-qa")
 
 
 def load_metric(name: str):
@@ -125,15 +126,18 @@ def evaluate_models(args: EvaluationArguments) -> dict:
     results, greedy, sampled, kept = [], {}, {}, {}
     counts = {"text": len(texts), "qa": len(qa), "prompts": len(prompts), "sampled_answers": len(sample_prompts)}
 
+    skipped = check_skip(args, described)
     for name, info in tqdm(described.items(), desc="Evaluating models", unit="model"):
         logger.info("Evaluating %s (%s): %s", name, info["stage"] or "base model", info["path"])
         loaded = LoadedModel(info["path"])
-        nll_sums, token_counts = loaded.perplexity_terms(texts, args.max_length, args.batch_size)
-        value = perplexity.compute(nll_sums=nll_sums, token_counts=token_counts)["perplexity"]
-        results.append(_result(name, "held-out-perplexity", args.text_dataset, "perplexity", value, n=len(texts)))
-        greedy[name], _ = loaded.generate(qa["question"], args.qa_max_new_tokens, args.batch_size)
-        value = accuracy.compute(predictions=greedy[name], references=references)["accuracy"]
-        results.append(_result(name, "domain-qa", args.qa_dataset, "accuracy", value, n=len(qa)))
+        if (name, "held-out-perplexity") not in skipped:
+            nll_sums, token_counts = loaded.perplexity_terms(texts, args.max_length, args.batch_size)
+            value = perplexity.compute(nll_sums=nll_sums, token_counts=token_counts)["perplexity"]
+            results.append(_result(name, "held-out-perplexity", args.text_dataset, "perplexity", value, n=len(texts)))
+        if (name, "domain-qa") not in skipped:
+            greedy[name], _ = loaded.generate(qa["question"], args.qa_max_new_tokens, args.batch_size)
+            value = accuracy.compute(predictions=greedy[name], references=references)["accuracy"]
+            results.append(_result(name, "domain-qa", args.qa_dataset, "accuracy", value, n=len(qa)))
         if name in sampled_names:
             torch.manual_seed(args.seed)  # every model samples with the same seeds: paired comparisons
             sampled[name] = loaded.answers(sample_prompts, args.max_new_tokens, args.batch_size, args.temperature)
@@ -150,11 +154,14 @@ def evaluate_models(args: EvaluationArguments) -> dict:
 
         scorer = RewardScorer.from_path(args.reward_model, args.batch_size)
         pairs = load_split(args.preference_dataset, args.eval_split, ("prompt", "chosen", "rejected"), args.max_rows)
-        chosen, rejected = (
-            scorer.score(pairs["prompt"], pairs["chosen"]),
-            scorer.score(pairs["prompt"], pairs["rejected"]),
-        )
-        value = load_metric("pairwise_accuracy").compute(chosen_rewards=chosen, rejected_rewards=rejected)["accuracy"]
+        value = reward_accuracy_measured(args, len(pairs)) if args.reward_accuracy_from_lineage else None
+        if value is None:
+            chosen, rejected = (
+                scorer.score(pairs["prompt"], pairs["chosen"]),
+                scorer.score(pairs["prompt"], pairs["rejected"]),
+            )
+            metric = load_metric("pairwise_accuracy")
+            value = metric.compute(chosen_rewards=chosen, rejected_rewards=rejected)["accuracy"]
         results.append(
             _result(reward_label(args), "preference-pairs", args.preference_dataset, "accuracy", value, n=len(pairs))
         )
@@ -186,11 +193,45 @@ def evaluate_models(args: EvaluationArguments) -> dict:
         },
         "judge": args.judge,
         "rows": counts,
+        "skipped": sorted(f"{model}.{task}" for model, task in skipped),
         "results": results,
         "targets": check_targets(results, described, args),
         "side_by_side": side_by_side,
         "sampled_examples": examples,
     }
+
+
+def check_skip(args: EvaluationArguments, described: dict) -> set[tuple[str, str]]:
+    """`skip` entries as (model, task): MODEL is a model's name, or `rl` for every RL model; an unknown model or task
+    is one sentence."""
+    skipped = set()
+    for entry in args.skip:
+        name, _, task = str(entry).partition(".")
+        if (name not in described and name != "rl") or task not in SKIPPABLE:
+            raise UserError(
+                f"skip: '{entry}' must be MODEL.TASK with MODEL one of {', '.join(described)} or rl (every RL "
+                f"model), and TASK one of {', '.join(SKIPPABLE)}."
+            )
+        skipped |= {(n, task) for n, info in described.items() if n == name or (name == "rl" and info["role"] == "rl")}
+    return skipped
+
+
+def reward_accuracy_measured(args: EvaluationArguments, rows: int) -> float | None:
+    """The reward stage's own held-out pairwise accuracy, when it was measured on exactly these pairs: the same data
+    folder and split, every row (RewardTrainer's eval scores each pair as `scoring` does; tests hold them equal)."""
+    lineage = read_lineage(args.reward_model) if Path(args.reward_model).is_dir() else None
+    data = (lineage or {}).get("data") or {}
+    accuracy = ((lineage or {}).get("metrics") or {}).get("eval_accuracy")
+    same = (
+        data.get("dataset_name")
+        and Path(data["dataset_name"]).resolve() == Path(args.preference_dataset).resolve()
+        and data.get("eval_split") == args.eval_split
+        and data.get("eval_rows") == rows
+    )
+    if accuracy is None or not same:
+        return None
+    logger.info("reward model accuracy on %s (%s): %.4f, from its lineage", args.preference_dataset, rows, accuracy)
+    return float(accuracy)
 
 
 def kl_results(name: str, model: LoadedModel, baseline: LoadedModel, answers, args) -> list[dict]:

@@ -158,9 +158,18 @@ def check_merge(adapter_folder: str, merged_path: str, conversations: list, tole
             if quantized is not None:
                 gap = (logits - quantized(**inputs).logits.float()).abs().max().item()
                 quantized_difference = max(quantized_difference or 0.0, gap)
-            if not is_reward:
-                answer, expected = merged.generate(**inputs, **settings), unmerged.generate(**inputs, **settings)
-                identical += int(answer.shape == expected.shape and torch.equal(answer, expected))
+        if not is_reward:  # one left-padded batch per model: the same padding on both sides of the comparison
+            tokenizer.padding_side = "left"
+            batch = tokenizer.apply_chat_template(
+                conversations, add_generation_prompt=True, return_tensors="pt", return_dict=True, padding=True
+            )
+            answers, expected = merged.generate(**batch, **settings), unmerged.generate(**batch, **settings)
+            width = max(answers.shape[1], expected.shape[1])
+            answers, expected = (
+                torch.nn.functional.pad(a, (0, width - a.shape[1]), value=tokenizer.pad_token_id)
+                for a in (answers, expected)
+            )
+            identical = int((answers == expected).all(dim=1).sum())
     result = {
         "max_abs_logit_diff": difference,
         "tolerance": tolerance,
