@@ -1,5 +1,7 @@
 # make setup: a virtual environment with the pinned stack and the embedded model (re-run when requirements change)
 # make demo:  the whole pipeline on the embedded SmolLM2-135M-Instruct (22.6 min measured on 2 AVX2 cores, float32)
+# make compare-rl: after make demo, GRPO, RLOO, online DPO and DPO beside PPO from the same SFT and reward model,
+#                 compared in one table (outputs/smollm2-135m/compare-rl/report.md)
 # make test:  the fast CPU test suite on a tiny random model
 # Benches (python -m bench.<name>; each run a fresh process; results in bench/results/; need a quiet machine):
 # make bench:            SFT, reward and PPO side by side with plain TRL: tokens/s, roofline of the precision used,
@@ -13,7 +15,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench bench-memory bench-ppo-memory bench-data gpu-check
+.PHONY: setup demo compare-rl test lint bench bench-memory bench-ppo-memory bench-data gpu-check
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -26,6 +28,9 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 demo: setup
 	$(BIN)/python recipes/pipeline.py --config configs/smollm2-135m/pipeline.yaml
+
+compare-rl: setup
+	$(BIN)/python recipes/pipeline.py --config configs/smollm2-135m/compare-rl.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -7,7 +7,8 @@
         --output_dir outputs/qwen2.5-0.5b
     python recipes/pipeline.py --config configs/smollm2-135m/pipeline.yaml --stages sft,reward --force
 
-Each stage runs its own recipe in a subprocess (the command is printed) and logs to <output_dir>/logs/. Every
+Each stage runs its own recipe in a fresh process (the command is printed; on a CPU machine forked from a launcher
+that imported torch, transformers and TRL once) and logs to <output_dir>/logs/. Every
 stage's command is parsed before the first one starts. Rerunning skips the stages whose config, overrides and
 inputs are unchanged, reruns what changed and everything after it, and resumes an interrupted stage from its last
 checkpoint. `--STAGE.KEY VALUE` (or `--set STAGE.KEY=VALUE`) overrides one key of one stage's YAML; `--precision
@@ -15,7 +16,7 @@ auto|bf16|float32` forces the compute precision of every stage; `--stages a,b` r
 them even when unchanged.
 """
 
-from rlhf_recipes import cli
+from rlhf_recipes import cli, launcher
 from rlhf_recipes.pipeline import PipelineConfig, run_pipeline, summary
 
 
@@ -31,4 +32,5 @@ if __name__ == "__main__":
     if {"-h", "--help"} & set(sys.argv[1:]):
         print(__doc__)
         sys.exit(0)
+    launcher.prestart()  # stages fork from it: its imports (~11 s) overlap the parsing of every stage's command
     cli.run_recipe(__file__, main)  # parsed by the registry's pipeline stage (pipeline.parse_argv)

@@ -80,6 +80,7 @@ def main(args: PublishArguments) -> dict:
             license=args.license,
             description=args.description,
             evaluation=evaluation and evaluation["results"],
+            comparison=evaluation and evaluation.get("comparison_table"),  # RL algorithms side by side, if compared
             evaluation_link=evaluation_link,
             data_report=data_report,
             data_report_link=report_link,

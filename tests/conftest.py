@@ -63,3 +63,21 @@ def tiny_model_path(tmp_path_factory, embedded_model_path) -> Path:
         if (embedded_model_path / name).is_file():
             shutil.copy(embedded_model_path / name, folder / name)
     return folder
+
+
+@pytest.fixture(scope="session")
+def sft_and_reward(tmp_path_factory, tiny_model_path):
+    """A 2-step SFT model and a 2-step reward model from it (the inputs of every RL stage)."""
+    from rlhf_recipes import stages
+
+    root = tmp_path_factory.mktemp("rl-inputs")
+    common = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--save_strategy", "no"]
+    stages.get("sft").run(
+        ["--config", str(CONFIGS / "sft.yaml"), "--model_name_or_path", str(tiny_model_path),
+         "--output_dir", str(root / "sft"), *common]
+    )  # fmt: skip
+    stages.get("reward").run(
+        ["--config", str(CONFIGS / "reward.yaml"), "--model_name_or_path", str(root / "sft"),
+         "--output_dir", str(root / "reward"), *common]
+    )  # fmt: skip
+    return root / "sft", root / "reward"

@@ -163,6 +163,30 @@ def test_torchrun_ppo_trains_on_every_rank_and_saves_one_adapter(sft_output, rew
     assert output.count("ppo finished:") == 1
 
 
+def test_torchrun_grpo_trains_on_every_rank_and_saves_one_adapter(sft_output, reward_output, tmp_path, cache):
+    """GRPO as a 2-rank gloo run: 2 completions per rank per step (one prompt's group of 2, split across ranks)."""
+    data = small_data(tmp_path / "data", DEMO / "prompts")
+    overrides = ["--reward_model_path", str(reward_output[0]), "--num_generations", "2", "--max_completion_length", "8"]
+    overrides += ["--learning_rate", "1e-3", "--min_reward_accuracy", "0", "--save_strategy", "no"]
+    output = launch(
+        torchrun() + ["--master_port", str(free_port())],
+        "grpo",
+        sft_output[0],
+        data,
+        tmp_path / "out",
+        cache,
+        *overrides,
+    )
+    assert_every_rank_trained(output)
+    top = sorted(p.name for p in (tmp_path / "out").iterdir() if p.name != MARKER)
+    assert [n for n in top if n.endswith(".safetensors")] == ["adapter_model.safetensors"], top
+    assert not [n for n in top if re.search(r"rank|_\d+\.\w+$|\.tmp$|^\.", n)], top
+    assert min(lora_b_norms(tmp_path / "out")) > 0
+    lineage = json.loads((tmp_path / "out" / "lineage.json").read_text())
+    assert lineage["config"]["world_size"] == WORLD_SIZE and lineage["algorithm"]["name"] == "grpo"
+    assert output.count("grpo finished:") == 1
+
+
 def test_a_cache_built_by_a_rank_other_than_0_is_complete(sft_output, tmp_path, monkeypatch):
     """Whichever rank wins the cache lock builds the cache, but transformers 5's `save_pretrained` writes no weights
     on ranks but 0: the cache must still be a complete checkpoint. (Rank 1 of a 2-rank run, simulated in-process;

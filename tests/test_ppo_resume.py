@@ -28,21 +28,6 @@ TOLERANCE = dict(
 )  # same data order, RNG and optimizer state: only float summation order may differ
 
 
-@pytest.fixture(scope="module")
-def sft_and_reward(tmp_path_factory, tiny_model_path):
-    root = tmp_path_factory.mktemp("rl-inputs")
-    common = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--save_strategy", "no"]
-    stages.get("sft").run(
-        ["--config", str(CONFIGS / "sft.yaml"), "--model_name_or_path", str(tiny_model_path),
-         "--output_dir", str(root / "sft"), *common]
-    )  # fmt: skip
-    stages.get("reward").run(
-        ["--config", str(CONFIGS / "reward.yaml"), "--model_name_or_path", str(root / "sft"),
-         "--output_dir", str(root / "reward"), *common]
-    )  # fmt: skip
-    return root / "sft", root / "reward"
-
-
 def _command(sft, reward, output_dir):
     return [sys.executable, "recipes/ppo.py", "--config", str(CONFIGS / "ppo.yaml"), "--model_name_or_path", str(sft),
             "--reward_model_path", str(reward), "--output_dir", str(output_dir), *PPO_ARGS]  # fmt: skip

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import runpy
 import signal
 import sys
 import traceback
 
 MARKER = b"\x1e\x1erlhf-recipes-launcher"
+PROGRESS = re.compile(rb"\[progress\] stage=(\S+) step=(\d+)/(\d+) elapsed=([\d.]+) eta=([\d.]+)")
 PRELOAD = ("torch", "transformers", "datasets", "accelerate", "peft", "trl", "rlhf_recipes.stages")
 
 
@@ -50,6 +52,94 @@ def _run_child(argv: list[str]) -> int:
     except BaseException:  # noqa: BLE001 - a stage's uncaught error: its traceback, as Python would print it
         traceback.print_exc()
         return 1
+
+
+def os_environ() -> dict:
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def warm_launcher_usable() -> bool:
+    """Stages start from the warm launcher on Linux with no GPU device present (checked without touching CUDA);
+    `RLHF_RECIPES_WARM=0` turns it off (each stage then is a plain subprocess)."""
+    if os.environ.get("RLHF_RECIPES_WARM", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    return not any(os.path.exists(device) for device in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd"))
+
+
+_STARTED: list = []  # a launcher started early (prestart), taken by the first StageProcesses
+
+
+def prestart() -> None:
+    """Start the launcher now, so that its imports overlap the pipeline's own start-up (parsing every stage)."""
+    if warm_launcher_usable() and not _STARTED:
+        _STARTED.append(_start())
+
+
+def _start():
+    import subprocess
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "rlhf_recipes.launcher"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os_environ(),
+    )  # fmt: skip
+
+
+class StageProcesses:
+    """Runs stage commands and streams their output: forked from one warm launcher where usable, else subprocesses."""
+
+    def __init__(self, warm: bool):
+        self.warm, self.launcher = warm, None
+
+    def close(self) -> None:
+        if self.launcher is not None:
+            self.launcher.stdin.close()
+            self.launcher.wait()
+            self.launcher = None
+
+    def run(self, argv: list[str], log_path: Path, on_progress) -> int:
+        """Run a stage with its output shown live (progress bars included) and kept in a log file; `[progress]`
+        lines the stage prints (progress.py) go to `on_progress`."""
+        import subprocess
+
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.warm and self.launcher is None:
+            self.launcher = _STARTED.pop() if _STARTED else _start()
+        if self.warm:
+            proc = self.launcher
+            proc.stdin.write((json.dumps({"argv": argv}) + "\n").encode())
+            proc.stdin.flush()
+        else:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os_environ())
+        pending, held, code = b"", b"", None
+        with open(log_path, "wb") as log:
+            try:
+                for chunk in iter(lambda: proc.stdout.read1(4096), b""):
+                    chunk, held = held + chunk, b""
+                    if self.warm:
+                        if MARKER in chunk:
+                            chunk, _, rest = chunk.partition(MARKER)
+                            code = int(rest.split(b"code=", 1)[1].split(b"\n", 1)[0])
+                        else:  # a marker may be split across reads: hold back a tail that could start one
+                            cut = max((i for i in range(1, len(MARKER)) if chunk.endswith(MARKER[:i])), default=0)
+                            chunk, held = (chunk[:-cut], chunk[-cut:]) if cut else (chunk, b"")
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+                    log.write(chunk)
+                    pending = (pending + chunk)[-4096:]
+                    for match in PROGRESS.finditer(pending):
+                        on_progress(*(group.decode() for group in match.groups()))
+                        pending = pending[match.end() :]
+                    if code is not None:
+                        return code
+            except KeyboardInterrupt:
+                proc.terminate()
+                proc.wait()
+                self.launcher = None
+                raise
+        if self.warm:  # the launcher itself died (killed, out of memory): this stage failed
+            self.launcher = None
+            return proc.wait() or 1
+        return proc.wait()
 
 
 def main() -> None:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
 import shutil
 import string
 import sys
@@ -61,12 +59,26 @@ class PipelineConfig:
     expected_at_gflops: float | None = field(
         default=None, metadata={"help": "float32 matmul GFLOP/s of the machine where expected_seconds were measured"}
     )
+    rl: list[str] = field(
+        default_factory=lambda: ["ppo"],
+        metadata={
+            "help": "the RL algorithms a `stage: rl` entry runs, one stage each, in order (any of "
+            + "ppo, grpo, rloo, online_dpo, dpo); `--rl grpo,dpo` on the command line"
+        },
+    )
 
 
 def _fill(text, variables: dict, where: str):
-    """`{output_dir}` and `{model}` filled in (inside lists and mappings too); any other placeholder is one sentence."""
+    """`{output_dir}`, `{model}` and `{rl}` filled in (inside lists and mappings too); a mapping key with `{rl}` (outside
+    an rl entry) becomes one key per algorithm of `rl:`; any other placeholder is one sentence."""
     if isinstance(text, dict):
-        return {k: _fill(v, variables, f"{where}.{k}") for k, v in text.items()}
+        out = {}
+        for key, value in text.items():
+            names = variables["_rl_all"] if "{rl}" in str(key) and "_rl_all" in variables else [None]
+            for name in names:
+                scoped = {**variables, "rl": name} if name else variables
+                out[_fill(key, scoped, where)] = _fill(value, scoped, f"{where}.{key}")
+        return out
     if isinstance(text, list):
         return [_fill(v, variables, where) for v in text]
     if not isinstance(text, str):
@@ -74,9 +86,41 @@ def _fill(text, variables: dict, where: str):
     for _, name, _, _ in string.Formatter().parse(text):
         if name is not None and name not in variables:
             raise UserError(
-                f"{where} uses the placeholder {{{name}}}; the known ones are {{output_dir}} and {{model}}."
+                f"{where} uses the placeholder {{{name}}}; the known ones are {{output_dir}}, {{model}}, {{rl}} "
+                "(an RL algorithm of `rl:`) and, in a `stage: rl` entry, {rl_data} (the data folder it trains on)."
             )
-    return text.format(**variables)
+    return text.format(**{k: v for k, v in variables.items() if not k.startswith("_")})
+
+
+def expand_rl(config: PipelineConfig, path: str) -> None:
+    """Each `stage: rl` entry becomes one stage per algorithm of `rl:`, `{rl}` and `{rl_data}` filled in; an argument
+    naming a model an algorithm does not read (DPO has no reward model) is left out of that algorithm's command."""
+    for name in config.rl:
+        if name not in stages.names("rl"):
+            raise UserError(f"{path}: rl names '{name}'; the RL algorithms are {', '.join(stages.names('rl'))}.")
+    model_keys = {key for name in stages.names("rl") for key in stages.get(name).model_keys}
+    expanded = []
+    for run in config.stages:
+        if run.stage != "rl":
+            expanded.append(run)
+            continue
+        for name in config.rl:
+            spec = stages.get(name)
+            # {output_dir} and {model} stay placeholders here: parse_argv fills them in with every other stage's
+            variables = {"rl": name, "rl_data": stages.data_folder(spec), "output_dir": "{output_dir}", "model": "{model}"}
+            args = {k: v for k, v in run.args.items() if k not in model_keys or k in spec.model_keys}
+            expanded.append(
+                StageRun(
+                    stage=name,
+                    config=_fill(run.config, variables, path),
+                    name=name,
+                    output=_fill(run.output, variables, path),
+                    args=_fill(args, variables, path),
+                    inputs=list(run.inputs),
+                    expected_seconds=run.expected_seconds,
+                )
+            )
+    config.stages = expanded
 
 
 def parse_argv(argv: list[str] | None = None) -> tuple[PipelineConfig, dict]:
@@ -105,8 +149,12 @@ def parse_argv(argv: list[str] | None = None) -> tuple[PipelineConfig, dict]:
         else:
             top[key] = value
     where = Origin(path, set(top))
+    if isinstance(top.get("rl"), str):
+        top["rl"] = [name.strip() for name in top["rl"].split(",") if name.strip()]
     config = build(PipelineConfig, {**raw, **top}, "", where)
-    variables = {"output_dir": config.output_dir, "model": config.model}
+    expand_rl(config, path)
+    variables = {"output_dir": config.output_dir, "model": config.model, "rl": config.rl[0] if config.rl else None,
+                 "_rl_all": config.rl}  # fmt: skip
     by_name = {}
     for index, run in enumerate(config.stages):
         label = f"{path}, stage {index + 1} ({run.stage})"
@@ -220,86 +268,6 @@ def set_aside(output: Path) -> None:
     print(f"   {output} was made with other settings: moved to {stale}")
 
 
-PROGRESS = re.compile(rb"\[progress\] stage=(\S+) step=(\d+)/(\d+) elapsed=([\d.]+) eta=([\d.]+)")
-
-
-def os_environ() -> dict:
-    return {**os.environ, "PYTHONUNBUFFERED": "1"}
-
-
-def warm_launcher_usable() -> bool:
-    """Stages start from the warm launcher (launcher.py) on Linux with no GPU visible; `RLHF_RECIPES_WARM=0` turns
-    it off (each stage then is a plain subprocess)."""
-    if os.environ.get("RLHF_RECIPES_WARM", "1") == "0" or not sys.platform.startswith("linux"):
-        return False
-    import torch
-
-    return not torch.cuda.is_available()
-
-
-class StageProcesses:
-    """Runs stage commands and streams their output: forked from one warm launcher where usable, else subprocesses."""
-
-    def __init__(self, warm: bool):
-        self.warm, self.launcher = warm, None
-
-    def close(self) -> None:
-        if self.launcher is not None:
-            self.launcher.stdin.close()
-            self.launcher.wait()
-            self.launcher = None
-
-    def run(self, argv: list[str], log_path: Path, on_progress) -> int:
-        """Run a stage with its output shown live (progress bars included) and kept in a log file; `[progress]`
-        lines the stage prints (progress.py) go to `on_progress`."""
-        import subprocess
-
-        from .launcher import MARKER
-
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        if self.warm and self.launcher is None:
-            self.launcher = subprocess.Popen(
-                [sys.executable, "-m", "rlhf_recipes.launcher"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os_environ(),
-            )  # fmt: skip
-        if self.warm:
-            proc = self.launcher
-            proc.stdin.write((json.dumps({"argv": argv}) + "\n").encode())
-            proc.stdin.flush()
-        else:
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os_environ())
-        pending, held, code = b"", b"", None
-        with open(log_path, "wb") as log:
-            try:
-                for chunk in iter(lambda: proc.stdout.read1(4096), b""):
-                    chunk, held = held + chunk, b""
-                    if self.warm:
-                        if MARKER in chunk:
-                            chunk, _, rest = chunk.partition(MARKER)
-                            code = int(rest.split(b"code=", 1)[1].split(b"\n", 1)[0])
-                        else:  # a marker may be split across reads: hold back a tail that could start one
-                            cut = max((i for i in range(1, len(MARKER)) if chunk.endswith(MARKER[:i])), default=0)
-                            chunk, held = (chunk[:-cut], chunk[-cut:]) if cut else (chunk, b"")
-                    sys.stdout.buffer.write(chunk)
-                    sys.stdout.flush()
-                    log.write(chunk)
-                    pending = (pending + chunk)[-4096:]
-                    for match in PROGRESS.finditer(pending):
-                        on_progress(*(group.decode() for group in match.groups()))
-                        pending = pending[match.end() :]
-                    if code is not None:
-                        return code
-            except KeyboardInterrupt:
-                proc.terminate()
-                proc.wait()
-                self.launcher = None
-                raise
-        if self.warm:  # the launcher itself died (killed, out of memory): this stage failed
-            self.launcher = None
-            return proc.wait() or 1
-        return proc.wait()
-
-
 def run_pipeline(config: PipelineConfig, only: list[str] | None = None, force: bool = False) -> list[dict]:
     """Run (or skip) every stage in order; return one summary row per stage."""
     from .progress import PipelineClock
@@ -309,6 +277,8 @@ def run_pipeline(config: PipelineConfig, only: list[str] | None = None, force: b
         fs.check_output_folder(output_dir, "output_dir", "of the pipeline", what="pipeline")
     manifest = Manifest(output_dir)
     clock = PipelineClock(config, only, manifest)
+    from .launcher import StageProcesses, warm_launcher_usable
+
     processes = StageProcesses(warm_launcher_usable())
     try:
         return _run_stages(config, only, force, manifest, clock, processes)

@@ -150,6 +150,16 @@ def for_config(path: str | Path) -> Stage:
     )
 
 
+DATA_FOLDERS = {("text",): "cpt", ("messages",): "sft", ("chosen", "rejected"): "preferences", ("prompt",): "prompts"}
+
+
+def data_folder(stage: Stage) -> str:
+    """The folder of the data stage's output that a stage trains on (recipes/prepare_data.py writes one per format)."""
+    if stage.columns not in DATA_FOLDERS:
+        raise UserError(f"stage '{stage.name}' trains on columns {stage.columns}, which no prepared data folder holds.")
+    return DATA_FOLDERS[stage.columns]
+
+
 def _nested(module_function: str) -> Callable:
     def parse(argv):
         module, _, function = module_function.partition(":")
@@ -219,6 +229,53 @@ register(
         makes=CAUSAL_LM,
         columns=("prompt",),
         plan="rlhf_recipes.plan.estimate:plan_ppo_stage",
+        baseline="sft",
+        targets=RL_TARGETS,
+    )
+)
+ONLINE_RL = dict(
+    role="rl",
+    model_keys={"model_name_or_path": CAUSAL_LM, "reward_model_path": REWARD_MODEL},
+    makes=CAUSAL_LM,
+    columns=("prompt",),
+    plan="rlhf_recipes.plan.estimate:plan_online_stage",
+    baseline="sft",
+    targets=RL_TARGETS,
+)
+register(
+    Stage(
+        "grpo",
+        "GRPO: groups of sampled answers per prompt, each scored by the reward model against its group's mean",
+        _types(TRL_SCRIPT, "rlhf_recipes.train.online.GRPOConfig", TRL_MODEL),
+        **ONLINE_RL,
+    )
+)
+register(
+    Stage(
+        "rloo",
+        "RLOO: REINFORCE with the other answers to the same prompt as each answer's baseline",
+        _types(TRL_SCRIPT, "rlhf_recipes.train.online.RLOOConfig", TRL_MODEL),
+        **ONLINE_RL,
+    )
+)
+register(
+    Stage(
+        "online_dpo",
+        "online DPO: two sampled answers per prompt, ranked by the reward model, and the DPO loss on the pair",
+        _types(TRL_SCRIPT, "rlhf_recipes.train.online_dpo.OnlineDPOConfig", TRL_MODEL),
+        **ONLINE_RL,
+    )
+)
+register(
+    Stage(
+        "dpo",
+        "DPO: the SFT policy trained on the preference pairs directly, against itself as reference",
+        _types(TRL_SCRIPT, "trl.DPOConfig", TRL_MODEL),
+        role="rl",
+        model_keys={"model_name_or_path": CAUSAL_LM},
+        makes=CAUSAL_LM,
+        columns=("chosen", "rejected"),
+        plan="rlhf_recipes.plan.estimate:plan_lm_stage",
         baseline="sft",
         targets=RL_TARGETS,
     )

@@ -336,3 +336,28 @@ def plan_ppo_stage(stage, configs, device, *, outputs=None, sequence_length=None
         plan.items.append(Item("4-bit dequantization buffer", dequant, "largest linear, one at a time"))
     _step_overhead(plan, device, step + copies + dequant)
     return plan
+
+
+def plan_online_stage(stage, configs, device, *, outputs=None, sequence_length=None, prompt_tokens=None) -> StagePlan:
+    """GRPO, RLOO, online DPO: the policy trained on its own sampled completions (one batch of prompt + completion
+    rows, as plan_lm_stage counts them; online DPO answers each prompt twice), plus the frozen reward model that
+    scores them. The KL reference is the policy with its adapter disabled (LoRA) or a frozen copy."""
+    script_args, training_args, model_args = split_configs(configs)
+    prompt, prompt_source = prompt_length(script_args, prompt_tokens)
+    completion = getattr(training_args, "max_completion_length", None) or training_args.max_new_tokens
+    plan = plan_lm_stage(stage, configs, device, outputs=outputs, sequence_length=sequence_length or prompt + completion)
+    if stage.name == "online_dpo":  # two completions per prompt go through the policy at once
+        activations = next(item for item in plan.items if item.component.startswith("activations"))
+        activations.bytes *= 2
+        activations.component += " x 2 completions per prompt"
+    _, reward_name = _model_name(stage, configs, REWARD_MODEL)
+    reward_shape = model_shape(reward_name, REWARD_MODEL, outputs)
+    quant = "4bit" if getattr(training_args, "reward_model_load_in_4bit", False) else None
+    reward = Footprint.of(model_args, training_args, reward_shape, trainable="frozen", quant=quant)
+    plan.models.append(reward.describe("reward"))
+    plan.items.append(Item("reward model weights", reward.weights(), reward.precision, True))
+    if not model_args.use_peft and getattr(training_args, "beta", 0):
+        weights = next(item for item in plan.items if item.component == "weights")
+        plan.items.append(Item("reference model weights (a frozen copy)", weights.bytes, "", True))
+    plan.setup += f"; {prompt} prompt tokens ({prompt_source}) + {completion} completion tokens"
+    return plan

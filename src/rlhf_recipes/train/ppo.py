@@ -344,19 +344,9 @@ def _trainable_state(model) -> dict:
 
 def tokenize_prompts(dataset, tokenizer, num_proc: int | None = None):
     """`{"prompt": [messages] | str}` rows -> `{"input_ids"}` ending with the assistant generation prompt."""
-    if "prompt" not in dataset.column_names:
-        raise UserError(f"PPO prompts need a 'prompt' column; this dataset has {', '.join(dataset.column_names)}.")
+    from .rl import check_prompts
 
-    for row, prompt in enumerate(dataset["prompt"]):  # before any work: a bad row is one sentence, not a traceback
-        well_formed = isinstance(prompt, str) and prompt.strip() or (
-            isinstance(prompt, list) and prompt and all(isinstance(m, dict) and "role" in m and "content" in m
-                                                        for m in prompt) and prompt[-1]["role"] != "assistant"
-        )  # fmt: skip
-        if not well_formed:
-            raise UserError(
-                f"PPO prompt {row} of the train split is {str(prompt)[:60]!r}; a prompt is a non-empty string or a list of "
-                "{role, content} messages ending in a user turn (fix it with recipes/prepare_data.py)."
-            )
+    check_prompts(dataset, "PPO")  # before any work: a bad row is one sentence, not a traceback
 
     def tokenize(row):
         prompt = row["prompt"]

@@ -36,3 +36,21 @@ def algorithm(name: str, training_args, keys: tuple[str, ...], reward_accuracy: 
     """The `algorithm` entry of an RL stage's lineage: its name and the settings that define it."""
     settings = {key: getattr(training_args, key) for key in keys if hasattr(training_args, key)}
     return {"algorithm": {"name": name, **settings, "reward_model_accuracy": reward_accuracy}}
+
+
+def check_prompts(dataset, label: str, split: str = "train") -> None:
+    """Rows of `{"prompt": [messages] | str}`, checked before any work: a bad row is one sentence naming it."""
+    if "prompt" not in dataset.column_names:
+        raise UserError(f"{label} prompts need a 'prompt' column; this dataset has {', '.join(dataset.column_names)}.")
+    for row, prompt in enumerate(dataset["prompt"]):
+        well_formed = (isinstance(prompt, str) and prompt.strip()) or (
+            isinstance(prompt, list)
+            and prompt
+            and all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt)
+            and prompt[-1]["role"] != "assistant"
+        )
+        if not well_formed:
+            raise UserError(
+                f"{label} prompt {row} of the {split} split is {str(prompt)[:60]!r}; a prompt is a non-empty string or "
+                "a list of {role, content} messages ending in a user turn (fix it with recipes/prepare_data.py)."
+            )

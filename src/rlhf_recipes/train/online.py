@@ -1,0 +1,151 @@
+"""What the online RL stages beside PPO share (GRPO, RLOO, online DPO): the reward model as a reward function read
+through the one scoring path, the settings every one of them adds to TRL's config, and the policy they start from.
+
+TRL's GRPO, RLOO and online DPO trainers accept a reward model in `reward_funcs`, but score it their own way: they
+render `prompt + completion` with the chat template as text, tokenize it again and read the head at the last token.
+Here the reward model is a plain reward function that scores each decoded completion with `scoring.RewardScorer`,
+exactly as RewardTrainer rendered its training pairs (the same path PPO and the evaluation use; tests hold the scores
+equal), and subtracts `missing_eos_penalty` from an answer that never reached its end-of-turn token (PPO's rule).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from trl import GRPOConfig as TRLGRPOConfig
+from trl import RLOOConfig as TRLRLOOConfig
+
+from ..scoring import RewardScorer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class OnlineRLArguments:
+    """Keys every online RL stage adds to its TRL config (PPO's config has the same ones)."""
+
+    reward_model_path: str | None = field(
+        default=None, metadata={"help": "The reward stage's output: scores every sampled completion."}
+    )
+    reward_model_load_in_4bit: bool = field(
+        default=False,
+        metadata={"help": "Load the frozen reward model in 4-bit (bitsandbytes, the policy's bnb_4bit_* settings)."},
+    )
+    min_reward_accuracy: float = field(
+        default=0.6,
+        metadata={
+            "help": "Refuse to start when the reward model's held-out pairwise accuracy (its lineage's "
+            "eval_accuracy) is below this: RL against a reward model near chance optimises noise. 0 disables."
+        },
+    )
+    missing_eos_penalty: float | None = field(
+        default=1.0,
+        metadata={"help": "Subtracted from the reward of a completion cut at its length limit without EOS."},
+    )
+    reward_batch_size: int = field(
+        default=16, metadata={"help": "Completions per reward-model forward pass."}
+    )
+
+
+@dataclass
+class GRPOConfig(OnlineRLArguments, TRLGRPOConfig):
+    """TRL's GRPOConfig plus the reward model it trains against."""
+
+
+@dataclass
+class RLOOConfig(OnlineRLArguments, TRLRLOOConfig):
+    """TRL's RLOOConfig plus the reward model it trains against."""
+
+
+class RewardModelReward:
+    """A TRL reward function (`reward_funcs=[...]`): scores of decoded completions by the reward model, as trained."""
+
+    def __init__(self, scorer: RewardScorer, eos_token_id: int, missing_eos_penalty: float | None):
+        self.scorer, self.eos_token_id, self.penalty = scorer, eos_token_id, missing_eos_penalty
+        self.__name__ = "reward_model"  # TRL logs each reward function's mean under its name
+
+    def __call__(self, prompts, completions, completion_ids=None, **_) -> list[float]:
+        scores = self.scorer.score(prompts, completions)
+        if self.penalty and completion_ids is not None:
+            ended = [self.eos_token_id in list(ids) for ids in completion_ids]
+            scores = [s if end else s - self.penalty for s, end in zip(scores, ended)]
+        return scores
+
+
+def reward_function(training_args, model_args, init_kwargs: dict, stage, penalty: float | None = None):
+    """The reward stage's output as a reward function; 4-bit when `reward_model_load_in_4bit`."""
+    from ..models import load_tokenizer
+    from . import common
+    from .ppo import load_scoring_model
+
+    path = common.prepare_model(training_args.reward_model_path, stage, key="reward_model_path")
+    model = load_scoring_model(path, init_kwargs, model_args, training_args.reward_model_load_in_4bit).eval()
+    model.requires_grad_(False)
+    if torch.cuda.is_available() and not getattr(training_args, "use_cpu", False) and model.device.type == "cpu":
+        from accelerate import PartialState
+
+        model = model.to(PartialState().device)
+    tokenizer = load_tokenizer(path)
+    scorer = RewardScorer(model, tokenizer, training_args.reward_batch_size)
+    return RewardModelReward(scorer, tokenizer.eos_token_id, penalty)
+
+
+def load_policy(path: str, init_kwargs: dict, tokenizer):
+    """The SFT model to train, sampling with only the settings the trainer passes (models.clean_generation_config)."""
+    from transformers import AutoModelForCausalLM
+
+    from ..models import clean_generation_config
+
+    policy = AutoModelForCausalLM.from_pretrained(path, **init_kwargs)
+    clean_generation_config(policy, tokenizer)
+    return policy
+
+
+@dataclass
+class OnlineRun:
+    """What an online RL recipe hands its trainer."""
+
+    policy: object
+    tokenizer: object
+    reward: RewardModelReward
+    train_dataset: object
+    eval_dataset: object
+    reward_accuracy: float | None
+
+
+def prepare(stage, script_args, training_args, model_args, label: str, penalty: bool = True) -> OnlineRun:
+    """Gate the reward model, load the SFT policy and the reward function, load and check the prompts.
+
+    `penalty=False` leaves the missing-EOS penalty to the trainer (online DPO applies `missing_eos_penalty` itself)."""
+    from transformers import set_seed
+
+    from ..models import load_tokenizer
+    from . import common, rl
+
+    set_seed(training_args.seed)  # LoRA's A matrices start random
+    accuracy = rl.check_reward_model(training_args.reward_model_path, training_args.min_reward_accuracy)
+    policy_path = common.prepare_model(model_args.model_name_or_path, stage)
+    tokenizer = load_tokenizer(policy_path, padding_side="left")
+    init_kwargs = common.model_init_kwargs(model_args)
+    policy = load_policy(policy_path, init_kwargs, tokenizer)
+    eos_penalty = training_args.missing_eos_penalty if penalty else None
+    reward = reward_function(training_args, model_args, init_kwargs, stage, eos_penalty)
+    train_dataset, eval_dataset = common.load_splits(script_args, training_args, stage)
+    rl.check_prompts(train_dataset, label)
+    return OnlineRun(policy, tokenizer, reward, train_dataset, eval_dataset, accuracy)
+
+
+def train_and_save(trainer, stage, run: OnlineRun, key_settings, script_args, training_args, model_args) -> dict:
+    """common.train_and_save with the algorithm and its key settings in the lineage."""
+    from . import common, rl
+
+    extra = rl.algorithm(stage.name, training_args, key_settings, run.reward_accuracy)
+    return common.train_and_save(trainer, stage, model_args, script_args, training_args, final_metrics, extra)
+
+
+def final_metrics(trainer) -> dict:
+    """The last logged reward and KL of the run (TRL's names) beside its time."""
+    logged = [entry for entry in trainer.state.log_history if "reward" in entry or "rewards/chosen" in entry]
+    return {k: v for k, v in (logged[-1] if logged else {}).items() if isinstance(v, int | float)}
