@@ -6,6 +6,8 @@
 # Benches (python -m bench.<name>; each run a fresh process; results in bench/results/; need a quiet machine):
 # make bench:            SFT, reward and PPO side by side with plain TRL: tokens/s, roofline of the precision used,
 #                        the machine's CPU capability and matmul rates (speed.md; tens of minutes on 2 cores)
+# make bench-rl:         GRPO and RLOO beside `trl grpo` / `trl rloo` (TRL's defaults, and at this machine's
+#                        precision): completions/s, medians of 3 (rl_speed.md)
 # make bench-memory:     planned vs measured peak RSS of every stage; rewrites the planner's calibration (memory.md)
 # make bench-ppo-memory: peak RSS of PPO setups against TRL's PPO example (ppo_memory.json)
 # make bench-data:       rows per second of data preparation on 100k generated conversations (prepare_data.json)
@@ -15,7 +17,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo compare-rl test lint bench bench-memory bench-ppo-memory bench-data gpu-check
+.PHONY: setup demo compare-rl test lint bench bench-rl bench-memory bench-ppo-memory bench-data gpu-check
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -41,6 +43,9 @@ lint: setup
 
 bench: setup
 	$(BIN)/python -m bench.speed
+
+bench-rl: setup
+	$(BIN)/python -m bench.rl_speed
 
 bench-memory: setup
 	$(BIN)/python -m bench.memory

@@ -8,7 +8,7 @@ A measured run is a new Python process, so that nothing one run loads, caches or
 - `run_stage(name, argv, log)`: one of this project's stages, started through the registry exactly as
   `python recipes/<name>.py ARGV` would start it (`stages.get(name).run(argv)`), in a child process.
 - `run_baseline(name, argv, log)`: a plain-TRL baseline in a child process: `trl sft` and `trl reward` (TRL's own
-  `trl.scripts.sft` / `trl.scripts.reward`, `make_parser` + `main`, as the `trl` command runs them) or TRL's PPO
+  `trl.scripts.sft` / `.reward` / `.grpo` / `.rloo`, `make_parser` + `main`, as the `trl` command runs them) or TRL's PPO
   example setup (bench/trl_ppo_example.py).
 
 Inside a child, `Trainer.train` (and TRL's `PPOTrainer.train`) is wrapped to record its own seconds, the optimizer
@@ -36,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]  # the one repository root of the benches
 RESULTS = REPO / "bench" / "results"
 CONFIGS = REPO / "configs" / "smollm2-135m"
-BASELINES = ("trl-sft", "trl-reward", "trl-ppo-example")
+BASELINES = ("trl-sft", "trl-reward", "trl-ppo-example", "trl-grpo", "trl-rloo")
 MIB = 2**20
 
 
@@ -327,11 +327,11 @@ def _run_baseline_here(name: str, argv: list[str]):
         from bench import trl_ppo_example
 
         return trl_ppo_example.main(argv)
-    from trl.scripts import reward, sft
+    from trl.scripts import grpo, reward, rloo, sft
 
-    script = sft if name == "trl-sft" else reward
+    script = {"trl-sft": sft, "trl-reward": reward, "trl-grpo": grpo, "trl-rloo": rloo}[name]
     parser = script.make_parser()
-    # exactly what `trl sft ARGV` / `trl reward ARGV` does
+    # exactly what `trl sft ARGV` / `trl reward ARGV` / `trl grpo ARGV` / `trl rloo ARGV` does
     return script.main(*parser.parse_args_and_config(argv, fail_with_unknown_args=True))
 
 

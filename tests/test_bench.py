@@ -179,3 +179,27 @@ def test_the_gpu_check_says_plainly_that_there_is_no_gpu(capsys):
         gpu_check.main([])
     assert exit_info.value.code == 1
     assert "this machine has no CUDA GPU" in capsys.readouterr().out
+
+
+def test_the_rl_bench_gives_every_setup_the_same_work_and_parses_as_each_command_will(tmp_path):
+    """bench/rl_speed.py: ours parses as its recipe will (the registry), TRL's as `trl grpo` / `trl rloo` will; the
+    work (completions per step, group size, completion length, steps, LoRA) is the same in every setup."""
+    from trl.scripts import grpo, rloo
+
+    from bench import rl_speed
+    from rlhf_recipes import stages
+
+    for task, script in (("grpo", grpo), ("rloo", rloo)):
+        parsed = {}
+        for setup in rl_speed.SETUPS:
+            command = rl_speed.argv(task, setup, 4, "data", "model", "reward", tmp_path / setup, bf16=False)
+            if setup == "ours":
+                _, training, model = stages.get(task).parse_args(command, check_paths=False)
+            else:
+                _, training, model, _ = script.make_parser().parse_args_and_config(command, fail_with_unknown_args=True)
+            parsed[setup] = (training, model)
+        for training, model in parsed.values():
+            assert (training.per_device_train_batch_size, training.num_generations, training.max_completion_length,
+                    training.max_steps, model.lora_r, model.use_peft) == (8, 4, 48, 4, 16, True)  # fmt: skip
+        assert parsed["trl-defaults"][0].bf16 is True  # what a user typing `trl grpo` gets
+        assert parsed["trl"][0].bf16 is False and parsed["trl"][0].beta == parsed["ours"][0].beta

@@ -249,3 +249,29 @@ def test_resume_passes_over_a_checkpoint_cut_off_while_saving(tmp_path):
     (tmp_path / "checkpoint-12").mkdir()  # killed before trainer_state.json was written
     (tmp_path / "checkpoint-12" / "adapter_model.safetensors").write_text("half")
     assert last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-10")
+
+
+def test_the_warm_launcher_runs_a_script_as_python_would_with_its_output_and_exit_code(tmp_path):
+    """Stages forked from the launcher: output streamed to the log (the launcher's marker never shows), `[progress]`
+    lines reported, the script's own folder first on sys.path, exit codes (0, 3, an uncaught error) passed on."""
+    from rlhf_recipes.launcher import MARKER, StageProcesses
+
+    script = tmp_path / "stage.py"
+    script.write_text(
+        "import sys\nprint('argv', sys.argv[1:], 'path0', sys.path[0])\n"
+        "print('[progress] stage=x step=1/2 elapsed=1.0 eta=1.0', flush=True)\n"
+        "if sys.argv[1] == 'boom':\n    raise RuntimeError('a bug')\nsys.exit(int(sys.argv[1]))\n"
+    )
+    processes, seen = StageProcesses(warm=True), []
+    try:
+        codes = [processes.run([sys.executable, str(script), arg], tmp_path / f"{arg}.log", lambda *a: seen.append(a))
+                 for arg in ("0", "3", "boom")]  # fmt: skip
+        pid = processes.launcher.pid
+    finally:
+        processes.close()
+    assert codes == [0, 3, 1]
+    log = (tmp_path / "3.log").read_bytes()
+    assert f"argv ['3'] path0 {tmp_path}".encode() in log and MARKER not in log
+    assert b"RuntimeError: a bug" in (tmp_path / "boom.log").read_bytes()
+    assert seen == [("x", "1", "2", "1.0", "1.0")] * 3
+    assert not Path(f"/proc/{pid}").exists(), "the launcher exits when the pipeline closes it"
