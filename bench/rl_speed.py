@@ -77,7 +77,9 @@ def run(args) -> dict:
                 record = harness.run_baseline(f"trl-{task}", command, log)
             record["speed"] = record["global_step"] * COMPLETIONS / record["train_seconds"]
             records[setup].append(record)
-            print(f"bench: {task} {setup} run {turn + 1}/{runs[setup]}: {record['speed']:.3f} completions/s", flush=True)
+            print(
+                f"bench: {task} {setup} run {turn + 1}/{runs[setup]}: {record['speed']:.3f} completions/s", flush=True
+            )
         entry = {
             setup: {
                 "speed": harness.summarise([r["speed"] for r in done]),
@@ -116,14 +118,19 @@ def markdown(results: dict) -> str:
                 f"{harness.fmt(entry['peak_rss_mib'], 0)} | {f'{ratio:.2f}x' if ratio else ''} |"
             )
     commits = ", ".join(f"{t} at {results[t]['commit']}" for t in TASKS if t in results)
-    lines += ["", f"Each run a fresh process; completions per second of `Trainer.train`. Measured on commit: {commits}."]
+    lines += [
+        "",
+        f"Each run a fresh process; completions per second of `Trainer.train`. Measured on commit: {commits}.",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv_: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per setup; figures are medians (default 3)")
-    parser.add_argument("--steps", type=int, default=4, help=f"optimizer steps per run ({COMPLETIONS} completions each)")
+    parser.add_argument(
+        "--steps", type=int, default=4, help=f"optimizer steps per run ({COMPLETIONS} completions each)"
+    )
     parser.add_argument("--capped_steps", type=int, default=1, help="steps of a TRL-defaults run in emulated bf16")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of " + ",".join(TASKS))
     parser.add_argument("--setups", default=",".join(SETUPS), help="comma-separated subset of " + ",".join(SETUPS))

@@ -196,7 +196,9 @@ def test_the_rl_bench_gives_every_setup_the_same_work_and_parses_as_each_command
             if setup == "ours":
                 _, training, model = stages.get(task).parse_args(command, check_paths=False)
             else:
-                _, training, model, _ = script.make_parser().parse_args_and_config(command, fail_with_unknown_args=True)
+                _, training, model, _ = script.make_parser().parse_args_and_config(
+                    command, fail_with_unknown_args=True
+                )
             parsed[setup] = (training, model)
         for training, model in parsed.values():
             assert (training.per_device_train_batch_size, training.num_generations, training.max_completion_length,

@@ -166,7 +166,14 @@ def test_torchrun_ppo_trains_on_every_rank_and_saves_one_adapter(sft_output, rew
 def test_torchrun_grpo_trains_on_every_rank_and_saves_one_adapter(sft_output, reward_output, tmp_path, cache):
     """GRPO as a 2-rank gloo run: 2 completions per rank per step (one prompt's group of 2, split across ranks)."""
     data = small_data(tmp_path / "data", DEMO / "prompts")
-    overrides = ["--reward_model_path", str(reward_output[0]), "--num_generations", "2", "--max_completion_length", "8"]
+    overrides = [
+        "--reward_model_path",
+        str(reward_output[0]),
+        "--num_generations",
+        "2",
+        "--max_completion_length",
+        "8",
+    ]
     overrides += ["--learning_rate", "1e-3", "--min_reward_accuracy", "0", "--save_strategy", "no"]
     output = launch(
         torchrun() + ["--master_port", str(free_port())],

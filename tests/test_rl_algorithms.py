@@ -111,7 +111,9 @@ def test_the_reward_function_scores_as_reward_trainer_rendered_its_pairs(sft_and
     from trl.data_utils import maybe_apply_chat_template  # RewardTrainer's own rendering of a training pair
 
     for i, (prompt, completion) in enumerate(zip(prompts, completions)):
-        rendered = maybe_apply_chat_template({"prompt": prompt, "chosen": completion, "rejected": completion}, tokenizer)
+        rendered = maybe_apply_chat_template(
+            {"prompt": prompt, "chosen": completion, "rejected": completion}, tokenizer
+        )
         ids = tokenizer(rendered["prompt"] + rendered["chosen"], add_special_tokens=False)["input_ids"]
         assert ids == training_ids(tokenizer, prompt, completion)
         expected = scorer.score_ids([ids]).item() - (1.0 if i == 1 else 0.0)  # the cut one is penalised
@@ -146,8 +148,9 @@ def test_sigkill_mid_run_then_rerun_resumes_to_the_same_adapter(algorithm, tmp_p
     rerun = subprocess.run(_command(algorithm, sft, reward, killed), cwd=REPO, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"Resuming {algorithm} from" in rerun.stderr + rerun.stdout
-    first, resumed = load_file(str(tmp_path / "straight" / "adapter_model.safetensors")), load_file(
-        str(killed / "adapter_model.safetensors")
+    first, resumed = (
+        load_file(str(tmp_path / "straight" / "adapter_model.safetensors")),
+        load_file(str(killed / "adapter_model.safetensors")),
     )
     assert first.keys() == resumed.keys() and first
     for key in first:

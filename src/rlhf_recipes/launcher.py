@@ -21,6 +21,7 @@ import runpy
 import signal
 import sys
 import traceback
+from pathlib import Path
 
 MARKER = b"\x1e\x1erlhf-recipes-launcher"
 PROGRESS = re.compile(rb"\[progress\] stage=(\S+) step=(\d+)/(\d+) elapsed=([\d.]+) eta=([\d.]+)")

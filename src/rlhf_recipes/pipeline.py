@@ -107,7 +107,12 @@ def expand_rl(config: PipelineConfig, path: str) -> None:
         for name in config.rl:
             spec = stages.get(name)
             # {output_dir} and {model} stay placeholders here: parse_argv fills them in with every other stage's
-            variables = {"rl": name, "rl_data": stages.data_folder(spec), "output_dir": "{output_dir}", "model": "{model}"}
+            variables = {
+                "rl": name,
+                "rl_data": stages.data_folder(spec),
+                "output_dir": "{output_dir}",
+                "model": "{model}",
+            }
             args = {k: v for k, v in run.args.items() if k not in model_keys or k in spec.model_keys}
             expanded.append(
                 StageRun(

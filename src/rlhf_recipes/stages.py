@@ -156,7 +156,9 @@ DATA_FOLDERS = {("text",): "cpt", ("messages",): "sft", ("chosen", "rejected"): 
 def data_folder(stage: Stage) -> str:
     """The folder of the data stage's output that a stage trains on (recipes/prepare_data.py writes one per format)."""
     if stage.columns not in DATA_FOLDERS:
-        raise UserError(f"stage '{stage.name}' trains on columns {stage.columns}, which no prepared data folder holds.")
+        raise UserError(
+            f"stage '{stage.name}' trains on columns {stage.columns}, which no prepared data folder holds."
+        )
     return DATA_FOLDERS[stage.columns]
 
 

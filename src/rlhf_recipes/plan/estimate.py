@@ -345,7 +345,9 @@ def plan_online_stage(stage, configs, device, *, outputs=None, sequence_length=N
     script_args, training_args, model_args = split_configs(configs)
     prompt, prompt_source = prompt_length(script_args, prompt_tokens)
     completion = getattr(training_args, "max_completion_length", None) or training_args.max_new_tokens
-    plan = plan_lm_stage(stage, configs, device, outputs=outputs, sequence_length=sequence_length or prompt + completion)
+    plan = plan_lm_stage(
+        stage, configs, device, outputs=outputs, sequence_length=sequence_length or prompt + completion
+    )
     if stage.name == "online_dpo":  # two completions per prompt go through the policy at once
         activations = next(item for item in plan.items if item.component.startswith("activations"))
         activations.bytes *= 2

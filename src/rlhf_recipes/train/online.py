@@ -44,9 +44,7 @@ class OnlineRLArguments:
         default=1.0,
         metadata={"help": "Subtracted from the reward of a completion cut at its length limit without EOS."},
     )
-    reward_batch_size: int = field(
-        default=16, metadata={"help": "Completions per reward-model forward pass."}
-    )
+    reward_batch_size: int = field(default=16, metadata={"help": "Completions per reward-model forward pass."})
 
 
 @dataclass
