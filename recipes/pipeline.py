@@ -21,6 +21,7 @@ from rlhf_recipes.pipeline import PipelineConfig, run_pipeline, summary
 
 
 def main(config: PipelineConfig, options: dict) -> list[dict]:
+    launcher.wait_ready()  # its imports done before the pipeline measures this machine's matmul rate
     rows = run_pipeline(config, only=options["only"], force=options["force"])
     print("\n" + summary(config, rows))
     return rows

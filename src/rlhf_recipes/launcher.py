@@ -76,6 +76,22 @@ def prestart() -> None:
         _STARTED.append(_start())
 
 
+def wait_ready() -> None:
+    """Block until a prestarted launcher has finished its imports, so that what the pipeline measures next (the
+    machine's matmul rate, for its forecasts) does not share the CPU with them."""
+    if _STARTED:
+        _ready(_STARTED[0])
+
+
+def _ready(proc) -> None:
+    while not getattr(proc, "ready", False):
+        line = proc.stdout.readline()
+        if not line or line.startswith(MARKER):  # the ready line, or a launcher that died (its stage will say so)
+            proc.ready = True
+        else:
+            sys.stdout.buffer.write(line)  # an import-time warning: shown, as a fresh process would show it
+
+
 def _start():
     import subprocess
 
@@ -105,6 +121,7 @@ class StageProcesses:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         if self.warm and self.launcher is None:
             self.launcher = _STARTED.pop() if _STARTED else _start()
+            _ready(self.launcher)
         if self.warm:
             proc = self.launcher
             proc.stdin.write((json.dumps({"argv": argv}) + "\n").encode())
@@ -162,6 +179,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, stop)
     _die_with_parent()
     out = sys.stdout.buffer
+    out.write(MARKER + b" ready\n")
+    out.flush()
     for line in sys.stdin:
         argv = json.loads(line)["argv"]
         out.flush()
