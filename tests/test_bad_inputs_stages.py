@@ -128,7 +128,7 @@ CATALOGUE = [
     Case("pipeline_set_without_equals", "pipeline", PIPE + ["--set", "sft.learning_rate"], ["must look like STAGE.KEY=VALUE"]),
     Case("pipeline_unknown_stage_in_yaml", "pipeline", ["--config", "{tmp}/p.yaml"], ["unknown stage 'sftt'", "did you mean 'sft'"],
          files={"p.yaml": {"output_dir": "out", "stages": [{"stage": "sftt"}]}}),
-    Case("pipeline_bad_placeholder", "pipeline", ["--config", "{tmp}/p.yaml"], ["{outdir}", "{output_dir} and {model}"],
+    Case("pipeline_bad_placeholder", "pipeline", ["--config", "{tmp}/p.yaml"], ["{outdir}", "{output_dir}, {model}"],
          files={"p.yaml": {"output_dir": "out", "stages": [{"stage": "sft", "config": str(CONFIGS / "sft.yaml"), "args": {"dataset_name": "{outdir}/x"}}]}}),
     Case("pipeline_args_not_a_mapping", "pipeline", ["--config", "{tmp}/p.yaml"], ["stages[0].args", "must be a mapping"],
          files={"p.yaml": {"output_dir": "out", "stages": [{"stage": "sft", "args": 5}]}}),

@@ -143,6 +143,7 @@ def test_torchrun_ppo_trains_on_every_rank_and_saves_one_adapter(sft_output, rew
     data = small_data(tmp_path / "data", DEMO / "prompts")
     overrides = ["--reward_model_path", str(reward_output[0]), "--total_episodes", "16", "--response_length", "8"]
     overrides += ["--local_rollout_forward_batch_size", "2", "--num_ppo_epochs", "1", "--learning_rate", "1e-3"]
+    overrides += ["--gradient_accumulation_steps", "2"]  # the demo YAML updates in one micro-batch
     overrides += ["--min_reward_accuracy", "0"]  # the 2-step reward model has no held-out accuracy to pass the gate
     output = launch(
         torchrun() + ["--master_port", str(free_port())],

@@ -210,8 +210,10 @@ def test_evaluation_reads_the_reward_accuracy_the_reward_stage_measured_and_they
 
     from rlhf_recipes.cli import UserError
 
-    with pytest.raises(UserError, match="skip: 'ppo.domain-qa' must be MODEL.TASK with MODEL one of sft or rl"):
+    with pytest.raises(
+        UserError, match=r"skip: 'ppp.domain-qa' must be MODEL.TASK with MODEL a model \(sft\), a stage"
+    ):
         stages.get("eval").run(
             ["--config", str(CONFIGS / "eval.yaml"), "--models", json.dumps({"sft": str(sft)}), "--skip",
-             "ppo.domain-qa", "--output_dir", str(tmp_path / "bad")]
+             "ppp.domain-qa", "--output_dir", str(tmp_path / "bad")]
         )  # fmt: skip

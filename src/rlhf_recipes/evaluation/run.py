@@ -202,17 +202,23 @@ def evaluate_models(args: EvaluationArguments) -> dict:
 
 
 def check_skip(args: EvaluationArguments, described: dict) -> set[tuple[str, str]]:
-    """`skip` entries as (model, task): MODEL is a model's name, or `rl` for every RL model; an unknown model or task
-    is one sentence."""
+    """`skip` entries as (model, task). MODEL is a model's name, a stage's name (every model that stage made) or
+    `rl` (every RL model); one that names none of these, or an unknown task, is one sentence. An entry for a stage
+    with no model here skips nothing (eval.yaml's defaults hold when fewer models are evaluated)."""
     skipped = set()
     for entry in args.skip:
         name, _, task = str(entry).partition(".")
-        if (name not in described and name != "rl") or task not in SKIPPABLE:
+        known = name in described or name == "rl" or name in stages.names()
+        if not known or task not in SKIPPABLE:
             raise UserError(
-                f"skip: '{entry}' must be MODEL.TASK with MODEL one of {', '.join(described)} or rl (every RL "
-                f"model), and TASK one of {', '.join(SKIPPABLE)}."
+                f"skip: '{entry}' must be MODEL.TASK with MODEL a model ({', '.join(described)}), a stage or rl, and "
+                f"TASK one of {', '.join(SKIPPABLE)}."
             )
-        skipped |= {(n, task) for n, info in described.items() if n == name or (name == "rl" and info["role"] == "rl")}
+        skipped |= {
+            (n, task)
+            for n, info in described.items()
+            if name in (n, info["stage"]) or (name == "rl" and info["role"] == "rl")
+        }
     return skipped
 
 
