@@ -25,7 +25,14 @@ from pathlib import Path
 
 MARKER = b"\x1e\x1erlhf-recipes-launcher"
 PROGRESS = re.compile(rb"\[progress\] stage=(\S+) step=(\d+)/(\d+) elapsed=([\d.]+) eta=([\d.]+)")
-PRELOAD = ("torch", "transformers", "datasets", "accelerate", "peft", "trl")  # not the registry: plugins load per stage
+PRELOAD = (
+    "torch",
+    "transformers",
+    "datasets",
+    "accelerate",
+    "peft",
+    "trl",
+)  # not the registry: plugins load per stage
 
 
 def _die_with_parent() -> None:
