@@ -250,8 +250,10 @@ def test_ctrl_c_mid_training_is_one_sentence_and_marks_nothing_finished(tmp_path
     out = tmp_path / "sft"
     argv = [sys.executable, "recipes/sft.py", *[a.replace("{tiny}", str(tiny_model_path)).replace("{out}", str(out))
             for a in SFT], "--max_steps", "400", "--save_steps", "2", "--eval_strategy", "no"]  # fmt: skip
+    # SIGINT as a terminal delivers it: a test run started in the background (`cmd &`) would hand it on ignored
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.time() + 240
     while not (out / "checkpoint-2" / "trainer_state.json").exists():
         assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "timeout"
