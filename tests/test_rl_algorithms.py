@@ -215,5 +215,5 @@ def test_evaluation_reads_the_reward_accuracy_the_reward_stage_measured_and_they
     ):
         stages.get("eval").run(
             ["--config", str(CONFIGS / "eval.yaml"), "--models", json.dumps({"sft": str(sft)}), "--skip",
-             "ppp.domain-qa", "--output_dir", str(tmp_path / "bad")]
+             "ppp.domain-qa", "--reward_model", str(reward), "--output_dir", str(tmp_path / "bad")]
         )  # fmt: skip
