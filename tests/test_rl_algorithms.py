@@ -186,6 +186,10 @@ def test_pipeline_rl_choice_expands_into_one_stage_per_algorithm(tmp_path):
 
     with pytest.raises(UserError, match="rl names 'ppp'; the RL algorithms are ppo, grpo, rloo, online_dpo, dpo"):
         parse_argv(["--config", str(CONFIGS / "pipeline.yaml"), "--rl", "ppp"])
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("output_dir: out\nstages:\n  - stage: sft\n    config: " + str(CONFIGS / "sft.yaml") + "\n")
+    with pytest.raises(UserError, match="sets rl: but has no `stage: rl` entry"):
+        parse_argv(["--config", str(plain), "--rl", "grpo"])
 
 
 def test_evaluation_reads_the_reward_accuracy_the_reward_stage_measured_and_they_agree(tmp_path, sft_and_reward):

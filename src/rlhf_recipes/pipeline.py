@@ -157,6 +157,8 @@ def parse_argv(argv: list[str] | None = None) -> tuple[PipelineConfig, dict]:
     if isinstance(top.get("rl"), str):
         top["rl"] = [name.strip() for name in top["rl"].split(",") if name.strip()]
     config = build(PipelineConfig, {**raw, **top}, "", where)
+    if ("rl" in raw or "rl" in top) and not any(run.stage == "rl" for run in config.stages):
+        raise UserError(f"{path} sets rl: but has no `stage: rl` entry to run it; add one (see pipeline.yaml).")
     expand_rl(config, path)
     variables = {"output_dir": config.output_dir, "model": config.model, "rl": config.rl[0] if config.rl else None,
                  "_rl_all": config.rl}  # fmt: skip
