@@ -242,13 +242,17 @@ def model_kind(model_name_or_path: str) -> str | None:
     return None
 
 
-def require_kind(model_name_or_path: str, expected: str, key: str = "model_name_or_path") -> None:
-    """Refuse an input folder of the wrong kind (a reward model given to SFT, a policy given as reward model)."""
+def require_kind(model_name_or_path: str, expected: str | tuple[str, ...], key: str = "model_name_or_path") -> None:
+    """Refuse an input folder of the wrong kind (a reward model given to SFT, a policy given as reward model).
+    `expected` may name several kinds (the reward stage starts from a causal LM or from an earlier reward model)."""
     kind = model_kind(model_name_or_path)
-    if kind is not None and kind != expected:
-        hint = "a causal language model (the embedded default, a Hub id, or a CPT/SFT/PPO output)"
-        if expected == REWARD_MODEL:
-            hint = "a reward model (the output folder of recipes/reward.py)"
+    accepted = (expected,) if isinstance(expected, str) else tuple(expected)
+    if kind is not None and kind not in accepted:
+        hints = {
+            CAUSAL_LM: "a causal language model (the embedded default, a Hub id, or a CPT/SFT/PPO output)",
+            REWARD_MODEL: "a reward model (the output folder of recipes/reward.py)",
+        }
+        hint = " or ".join(hints[k] for k in accepted)
         raise UserError(f"{key}={model_name_or_path} is a {kind.replace('_', ' ')}, but this stage needs {hint}.")
 
 

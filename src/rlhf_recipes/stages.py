@@ -43,7 +43,7 @@ class Stage:
     name: str
     summary: str
     config_types: Callable[[], tuple]  # the dataclasses its YAML and flags are parsed into (flat, TRL style)
-    role: str = "train"  # train | rl | data | eval | publish | pipeline | tool
+    role: str = "train"  # train | rl | data | feedback | eval | publish | pipeline | tool
     recipe: str | None = None  # default: recipes/<name>.py
     model_keys: dict = field(default_factory=dict)  # config key -> model kind it must hold
     makes: str | None = None  # model kind of its output folder
@@ -214,7 +214,8 @@ register(
         "reward",
         "reward model: a score head trained on (prompt, chosen, rejected) pairs with the pairwise loss",
         _types(TRL_SCRIPT, "rlhf_recipes.train.reward.RewardConfig", TRL_MODEL),
-        model_keys={"model_name_or_path": CAUSAL_LM},
+        # a causal LM (a new score head), or an earlier reward model trained further (the feedback rounds)
+        model_keys={"model_name_or_path": (CAUSAL_LM, REWARD_MODEL)},
         makes=REWARD_MODEL,
         columns=("chosen", "rejected"),
         plan="rlhf_recipes.plan.estimate:plan_lm_stage",
@@ -280,6 +281,23 @@ register(
         plan="rlhf_recipes.plan.estimate:plan_lm_stage",
         baseline="sft",
         targets=RL_TARGETS,
+    )
+)
+register(
+    Stage(
+        "collect",
+        "K sampled answers per prompt from a stage's model (or rankings imported) into the comparison store",
+        _types("rlhf_recipes.feedback.config.CollectArguments"),
+        role="feedback",
+        model_keys={"model": CAUSAL_LM},
+    )
+)
+register(
+    Stage(
+        "label",
+        "the answers ranked by people in a web page or by a model, exported as preference pairs grouped by prompt",
+        _types("rlhf_recipes.feedback.config.LabelArguments"),
+        role="feedback",
     )
 )
 register(

@@ -113,7 +113,7 @@ def producing_stage_hint(path: str) -> str:
     return "; check the path"
 
 
-def check_model(value: str | None, key: str, kind: str, where: str) -> None:
+def check_model(value: str | None, key: str, kind: str | tuple[str, ...], where: str) -> None:
     """A model key names something loadable of the right kind: the embedded model, an existing folder, or (online) a
     Hub id. A missing local folder says which stage makes it."""
     from huggingface_hub import constants

@@ -62,7 +62,10 @@ def split_configs(configs: tuple) -> tuple:
 
 def _model_name(stage, configs, kind: str) -> tuple[str, str]:
     """(config key, model name) of the stage's input model of `kind` (registry `model_keys`)."""
-    keys = [key for key, wanted in stage.model_keys.items() if wanted == kind] or ["model_name_or_path"]
+    keys = [
+        key for key, wanted in stage.model_keys.items() if kind in ((wanted,) if isinstance(wanted, str) else wanted)
+    ]
+    keys = keys or ["model_name_or_path"]
     value = next((getattr(c, keys[0]) for c in configs if hasattr(c, keys[0])), None)
     if not value:
         raise UserError(f"`{keys[0]}` is not set for the {stage.name} stage; set it in its YAML or with --{keys[0]}.")

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers.modeling_outputs import SequenceClassifierOutputWithPast
+from transformers.trainer_pt_utils import BatchRebalanceSampler
 from trl import RewardConfig as _TRLRewardConfig
 from trl import RewardTrainer as _TRLRewardTrainer
 
 from ..cli import UserError
 
-__all__ = ["RewardConfig", "RewardTrainer", "check_pair_lengths"]
+__all__ = ["PromptGroupedBatchSampler", "RewardConfig", "RewardTrainer", "check_pair_lengths"]
 logger = logging.getLogger(__name__)
 
 
@@ -32,6 +33,15 @@ class RewardConfig(_TRLRewardConfig):
         metadata={
             "help": "Forward passes per batch: its 2 x batch chosen and rejected sequences, sorted by length, are "
             "split into this many passes, each padded only to its own longest sequence. 1 = TRL's single pass."
+        },
+    )
+
+    group_by_prompt: bool = field(
+        default=True,
+        metadata={
+            "help": "When the training data has a `group` column (pairs exported from K-wise rankings), every pair "
+            "of one group (one prompt's ranking) lands in the same batch, as InstructGPT trains a prompt's C(K,2) "
+            "comparisons together; groups are shuffled, pairs are not split across batches."
         },
     )
 
@@ -97,7 +107,57 @@ class _LengthBucketed:
         return SequenceClassifierOutputWithPast(logits=torch.cat(logits)[restore])
 
 
+class PromptGroupedBatchSampler(BatchRebalanceSampler):
+    """Batches of whole groups: groups shuffled each epoch (seeded), packed in order into batches of at most
+    `batch_size` pairs without splitting a group (a group larger than a batch is cut into full batches). Each rank
+    takes every `world`-th batch; the last batches are repeated so every rank runs the same number of steps.
+
+    It subclasses transformers' BatchRebalanceSampler only so that Trainer passes it as a batch sampler and
+    accelerate leaves the sharding to it; none of that class's rebalancing is used."""
+
+    def __init__(self, groups: list, batch_size: int, seed: int = 42, rank: int = 0, world: int = 1):
+        self.order: dict = {}
+        for index, group in enumerate(groups):
+            self.order.setdefault(group, []).append(index)
+        self.batch_size, self.seed, self.rank, self.world, self.epoch = batch_size, seed, rank, world, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        keys = list(self.order)
+        out, current = [], []
+        for position in torch.randperm(len(keys), generator=generator).tolist():
+            members = self.order[keys[position]]
+            for start in range(0, len(members), self.batch_size):
+                part = members[start : start + self.batch_size]
+                if len(current) + len(part) > self.batch_size:
+                    out.append(current)
+                    current = []
+                current = current + part
+        if current:
+            out.append(current)
+        short = -len(out) % self.world
+        return out + out[:short]  # every rank the same number of batches
+
+    def __iter__(self):
+        yield from self.batches()[self.rank :: self.world]
+
+    def __len__(self) -> int:
+        return len(self.batches()) // self.world
+
+
 class RewardTrainer(_TRLRewardTrainer):
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = self.train_dataset  # the prepared one: TRL's length filter already applied, `group` still there
+        if self.args.group_by_prompt and "group" in getattr(dataset, "column_names", ()):
+            return PromptGroupedBatchSampler(
+                dataset["group"], self.args.per_device_train_batch_size, self.args.seed,
+                self.args.process_index, self.args.world_size,
+            )  # fmt: skip
+        return super()._get_train_sampler(train_dataset)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.args.length_buckets > 1:  # TRL's DataCollatorForPreference pads on the right
             model = _LengthBucketed(model, self.args.length_buckets)

@@ -1,0 +1,45 @@
+"""Label: rank the K answers of each prompt of a round, by people in a web page or by a model, then export the
+rankings of every round so far as preference pairs for the reward stage.
+
+    python recipes/label.py --config configs/smollm2-135m/label.yaml --round 1                  # people: the page
+    python recipes/label.py --config configs/smollm2-135m/label.yaml --round 1 --ranker simulated --noise 0.1
+    python recipes/label.py --config configs/smollm2-135m/label.yaml --host 0.0.0.0 --login alice:secret --login bob:pw
+
+`ranker: human` serves the ranking page (Gradio; the same app deploys as a Space) on 127.0.0.1 and prints its
+address and how many prompts are left: each labeller sees a prompt and its answers shuffled, models hidden, ranks
+them with clicks or by typing the ranks (`2143`, ties `1122`) and Enter, or skips, or flags an unsafe prompt; every
+ranking is saved the moment it is submitted. It returns when every prompt is ranked (`--wait false`: export what is
+ranked now). `simulated`, `lm:<model>` and `reward:<folder>` rank unattended, each recorded as its ranker. The
+export writes every ranking's C(K,2) pairs (ties skipped), grouped by prompt, with counts and labeller agreement.
+"""
+
+from rlhf_recipes import cli
+from rlhf_recipes.feedback.config import LabelArguments
+from rlhf_recipes.feedback.export import write_pairs
+from rlhf_recipes.feedback.store import Store
+
+
+def main(args: LabelArguments) -> dict:
+    store = Store(args.store)
+    if args.ranker == "human" and args.wait:  # the page, until every prompt of the round is ranked
+        from rlhf_recipes.feedback.app import serve
+
+        bad = [pair for pair in args.login if ":" not in pair or pair.startswith(":")]
+        if bad:
+            raise cli.UserError(f"login: {bad[0]!r} must be name:password (one --login per labeller).")
+        auth = [tuple(pair.split(":", 1)) for pair in args.login]
+        serve(store, args.round, host=args.host, port=args.port, per_prompt=args.per_prompt, auth=auth or None,
+              until_done=True)  # fmt: skip
+    elif args.ranker != "human":
+        from rlhf_recipes.feedback.rankers import load_ranker, rank_round
+
+        ranker = load_ranker(args.ranker, args.noise, args.seed, args.reward_model_in_training)
+        print(f"round {args.round}, {ranker.name}: {rank_round(store, ranker, args.round)}")
+    rounds = args.export_rounds or list(range(1, args.round + 1))
+    report = write_pairs(store, rounds, args.output_dir, args.heldout_pairs)
+    print(f"exported {report['pairs']} pairs of rounds {rounds} to {args.output_dir}: {report['by_round_and_ranker']}")
+    return report
+
+
+if __name__ == "__main__":
+    cli.run_recipe(__file__, main)

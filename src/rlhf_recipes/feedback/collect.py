@@ -1,0 +1,113 @@
+"""Answers into the store: K sampled answers per prompt from a stage's model, or prompts, answers and rankings
+imported from elsewhere (importers.py). Each prompt is one transaction: a killed run keeps what it committed and a
+rerun adds only what is missing."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from ..cli import UserError
+from .config import CollectArguments
+from .store import Store
+
+logger = logging.getLogger(__name__)
+
+
+def round_prompts(args: CollectArguments) -> list:
+    """Round r's slice of the prompt split (wrapping around when the split runs out)."""
+    from ..evaluation.run import load_split
+
+    dataset = load_split(args.prompt_dataset, args.split, ("prompt",))
+    count = min(args.prompts_per_round, len(dataset))
+    start = (args.round - 1) * count
+    return [dataset[(start + i) % len(dataset)]["prompt"] for i in range(count)]
+
+
+def model_summary(model: str) -> dict:
+    """What the store keeps about the model that wrote an answer: its stage and base, and a fingerprint of its files
+    (a model retrained at the same path is another model)."""
+    from pathlib import Path
+
+    from ..models import _hash_files, read_lineage
+
+    lineage = read_lineage(model) or {}
+    summary = {k: lineage[k] for k in ("stage", "model_name_or_path", "base_model", "algorithm") if k in lineage}
+    folder = Path(model)
+    names = ("adapter_config.json", "adapter_model.safetensors", "config.json", "model.safetensors")
+    if folder.is_dir():
+        summary["fingerprint"] = _hash_files(folder, tuple(n for n in names if (folder / n).is_file()))
+    return summary
+
+
+def check_round_model(store: Store, ids: list[int], round: int, model: str, summary: dict) -> None:
+    """A round's answers all come from one model: answers from another (or an earlier version at the same path) are
+    refused with one sentence, never mixed into the same rankings."""
+    import json
+
+    for prompt_id in ids:
+        for row in store.candidates(prompt_id, round):
+            if row["model"] != model or json.loads(row["lineage"]).get("fingerprint") != summary.get("fingerprint"):
+                raise UserError(
+                    f"round {round} of {store.url} already holds answers from {row['model']} (another model, or an "
+                    f"earlier version of {model}); collect into a new round, or use a new store."
+                )
+
+
+def sample_round(args: CollectArguments, store: Store) -> dict:
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..evaluation.loaded import LoadedModel, as_messages
+
+    if not args.model:
+        raise UserError(
+            "model is not set; give the stage output to sample answers from, e.g. outputs/smollm2-135m/ppo."
+        )
+    prompts = [as_messages(p) for p in round_prompts(args)]
+    ids = [store.add_prompt(p, source=f"{args.prompt_dataset}:{args.split}") for p in prompts]
+    summary = model_summary(args.model)
+    check_round_model(store, ids, args.round, args.model, summary)
+    todo = [(i, p) for i, p in zip(ids, prompts) if len(store.candidates(i, args.round)) < args.k]
+    sampling = {"k": args.k, "temperature": args.temperature, "max_new_tokens": args.max_new_tokens, "seed": args.seed}
+    counts = {
+        "prompts": len(prompts),
+        "already_collected": len(prompts) - len(todo),
+        "candidates": 0,
+        "cut_without_eos": 0,
+    }
+    if todo:
+        device = "cuda" if torch.cuda.is_available() and not args.use_cpu else "cpu"
+        loaded = LoadedModel(args.model, device)
+        torch.manual_seed(args.seed + args.round)
+        per_call = max(1, args.batch_size // args.k)
+        for start in tqdm(range(0, len(todo), per_call), desc=f"Sampling {args.k} answers per prompt", unit="batch"):
+            chunk = todo[start : start + per_call]
+            repeated = [p for _, p in chunk for _ in range(args.k)]
+            answers = loaded.answers(repeated, args.max_new_tokens, args.batch_size, args.temperature)
+            for n, (prompt_id, _) in enumerate(chunk):
+                mine = answers[n * args.k : (n + 1) * args.k]
+                store.add_candidates(prompt_id, args.round, [a.text for a in mine], args.model, summary, sampling)
+                counts["candidates"] += len(mine)
+                counts["cut_without_eos"] += sum(not a.ended for a in mine)
+    return {"source": "model", "model": args.model, "sampling": sampling, **counts}
+
+
+def run_collect(args: CollectArguments) -> dict:
+    from pathlib import Path
+
+    from .. import fs
+
+    started = time.time()
+    store = Store(args.store)
+    if args.import_path:
+        from .importers import import_rankings
+
+        report = import_rankings(store, args.import_path, args.import_format, args.round, args.import_split)
+    else:
+        report = sample_round(args, store)
+    report.update(round=args.round, store=store.url, seconds=round(time.time() - started, 1))
+    with fs.build_aside(args.output_dir, what="collected answers", replace=True) as folder:
+        fs.atomic_write_json(Path(folder) / "collect.json", report)
+    logger.info("round %d: %s", args.round, report)
+    return report

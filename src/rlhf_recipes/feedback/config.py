@@ -1,0 +1,80 @@
+"""Settings of the feedback loop's two recipes: `recipes/collect.py` (answers into the store) and `recipes/label.py`
+(rankings, by people in a page or by a model, then the pairs exported for the reward stage)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+def _help(text: str, **kwargs):
+    return field(metadata={"help": text}, **kwargs)
+
+
+STORE_HELP = "the comparison store: a SQLite file path (default), or a SQLAlchemy URL (postgresql+psycopg://...)"
+
+
+@dataclass
+class CollectArguments:
+    model: str | None = _help(
+        "the model to sample from: any stage's output folder, a Hub id or embedded:...", default=None
+    )
+    store: str = _help(STORE_HELP, default="outputs/smollm2-135m/feedback.sqlite")
+    round: int = _help("the round these answers belong to (1, 2, ...)", default=1)
+    prompt_dataset: str = _help("prompts to answer (`prompt` column: messages or text)", default="data/demo/prompts")
+    split: str = _help("its split; held-out prompts stay unsampled for the evaluation", default="train")
+    prompts_per_round: int = _help(
+        "prompts answered per round; round r takes the r-th slice of the split, so each round ranks new prompts",
+        default=32,
+    )
+    k: int = _help("answers sampled per prompt (the labeller ranks all K)", default=4)
+    temperature: float = _help("sampling temperature (top-k and top-p off)", default=1.0)
+    max_new_tokens: int = _help("tokens per answer", default=48)
+    batch_size: int = _help("sequences per generate call", default=64)
+    seed: int = _help("seed of the sampling", default=0)
+    import_path: str | None = _help(
+        "import prompts, answers and their rankings from a file or Hub dataset instead of sampling (see import_format)",
+        default=None,
+    )
+    import_format: Literal["oasst", "ranking"] = _help(
+        "oasst: OpenAssistant message trees (sibling replies' `rank`); ranking: rows of prompt, responses, ranks "
+        "(1 = best, equal = tie), or an Argilla ranking question's export (`<question>.responses`)",
+        default="oasst",
+    )
+    import_split: str = _help("the split of an imported dataset", default="train")
+    output_dir: str = _help("where collect.json (what was added) goes", default="outputs/smollm2-135m/collect")
+    use_cpu: bool = _help("sample on the CPU even when a GPU is visible", default=False)
+
+
+@dataclass
+class LabelArguments:
+    store: str = _help(STORE_HELP, default="outputs/smollm2-135m/feedback.sqlite")
+    round: int = _help("the round to rank", default=1)
+    ranker: str = _help(
+        "human (serve the ranking page), simulated (the demo world's facts and styles, with `noise`), "
+        "lm:<model> (a judge LM with a rubric) or reward:<folder> (a reward model other than the one retrained)",
+        default="human",
+    )
+    noise: float = _help("simulated ranker: share of rankings replaced by a random order", default=0.1)
+    seed: int = _help("seed of the simulated ranker's noise", default=0)
+    reward_model_in_training: str | None = _help(
+        "the reward model these rankings will retrain (a reward:<folder> ranker may not be it)", default=None
+    )
+    host: str = _help("address the page binds to; any but 127.0.0.1 requires `login`", default="127.0.0.1")
+    port: int = _help("port of the page", default=7860)
+    login: list[str] = _help(
+        "user:password pairs allowed to label (required on an exposed address)", default_factory=list
+    )
+    per_prompt: int = _help("people who rank each prompt (2+: the report gives their agreement)", default=1)
+    wait: bool = _help(
+        "human: serve until every prompt of the round is ranked; false: export what is ranked now", default=True
+    )
+    export_rounds: list[int] = _help(
+        "rounds whose rankings are exported (default: 1 to `round`)", default_factory=list
+    )
+    heldout_pairs: str | None = _help(
+        "held-out preference pairs copied as the export's test split (the same every round)", default=None
+    )
+    output_dir: str = _help(
+        "the exported preference pairs (train.jsonl, test.jsonl, report)", default="outputs/smollm2-135m/pairs"
+    )
