@@ -2,6 +2,10 @@
 # make demo:  the whole pipeline on the embedded SmolLM2-135M-Instruct (18.6 min measured on 2 AVX2 cores, float32)
 # make compare-rl: after make demo, GRPO, RLOO, online DPO and DPO beside PPO from the same SFT and reward model,
 #                 compared in one table (outputs/smollm2-135m/compare-rl/report.md)
+# make rounds: after make demo, two feedback rounds: 4 answers per new prompt sampled from the last policy, ranked by
+#              the simulated labeller, the reward model and PPO trained again; every round side by side
+#              (outputs/smollm2-135m/rounds-eval/report.md). With people: see README, "Feedback rounds"
+# make label: the ranking page for people, on http://127.0.0.1:7860 (round 1 of outputs/smollm2-135m/feedback.sqlite)
 # make test:  the fast CPU test suite on a tiny random model
 # Benches (python -m bench.<name>; each run a fresh process; results in bench/results/; need a quiet machine):
 # make bench:            SFT, reward and PPO side by side with plain TRL: tokens/s, roofline of the precision used,
@@ -17,7 +21,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo compare-rl test lint bench bench-rl bench-memory bench-ppo-memory bench-data gpu-check
+.PHONY: setup demo compare-rl rounds label test lint bench bench-rl bench-memory bench-ppo-memory bench-data gpu-check
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -33,6 +37,12 @@ demo: setup
 
 compare-rl: setup
 	$(BIN)/python recipes/pipeline.py --config configs/smollm2-135m/compare-rl.yaml
+
+rounds: setup
+	$(BIN)/python recipes/pipeline.py --config configs/smollm2-135m/rounds.yaml
+
+label: setup
+	$(BIN)/python recipes/label.py --config configs/smollm2-135m/label.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -28,7 +28,7 @@ from .models import DEFAULT_MODEL
 
 MANIFEST = "pipeline_manifest.json"
 PLACEHOLDERS = ("output_dir", "model")
-RUN_OPTIONS = ("stages", "force")  # command-line options of a run, not config keys
+RUN_OPTIONS = ("stages", "force", "continue")  # command-line options of a run, not config keys
 
 
 @dataclass
@@ -66,6 +66,22 @@ class PipelineConfig:
             + "ppo, grpo, rloo, online_dpo, dpo); `--rl grpo,dpo` on the command line"
         },
     )
+    rounds: int = field(
+        default=0,
+        metadata={
+            "help": "feedback rounds run where a `stage: rounds` entry stands (feedback/rounds.py); `--rounds 3`"
+        },
+    )
+    each_round: list[StageRun] = field(
+        default_factory=list,
+        metadata={
+            "help": "the stages of one round: collect, label, reward, RL; {round}, {prev_policy}, ... filled in"
+        },
+    )
+    first_policy: str = field(
+        default="{output_dir}/{rl}", metadata={"help": "the policy round 1 samples from and starts its RL stage from"}
+    )
+    first_reward: str = field(default="{output_dir}/reward", metadata={"help": "the reward model round 1 retrains"})
 
 
 def _fill(text, variables: dict, where: str):
@@ -75,9 +91,13 @@ def _fill(text, variables: dict, where: str):
         out = {}
         for key, value in text.items():
             names = variables["_rl_all"] if "{rl}" in str(key) and "_rl_all" in variables else [None]
+            numbers = range(1, variables.get("_rounds", 0) + 1) if "{round}" in str(key) else [None]
             for name in names:
-                scoped = {**variables, "rl": name} if name else variables
-                out[_fill(key, scoped, where)] = _fill(value, scoped, f"{where}.{key}")
+                for number in numbers:
+                    scoped = {**variables, "rl": name} if name else dict(variables)
+                    if number is not None:
+                        scoped.update(round=str(number), prev_round=str(number - 1))
+                    out[_fill(key, scoped, where)] = _fill(value, scoped, f"{where}.{key}")
         return out
     if isinstance(text, list):
         return [_fill(v, variables, where) for v in text]
@@ -87,7 +107,8 @@ def _fill(text, variables: dict, where: str):
         if name is not None and name not in variables:
             raise UserError(
                 f"{where} uses the placeholder {{{name}}}; the known ones are {{output_dir}}, {{model}}, {{rl}} "
-                "(an RL algorithm of `rl:`) and, in a `stage: rl` entry, {rl_data} (the data folder it trains on)."
+                "(an RL algorithm of `rl:`), in a `stage: rl` entry {rl_data} (the data folder it trains on), and in "
+                "`each_round:` {round}, {prev_round}, {round_dir}, {prev_policy}, {prev_reward}."
             )
     return text.format(**{k: v for k, v in variables.items() if not k.startswith("_")})
 
@@ -118,7 +139,7 @@ def expand_rl(config: PipelineConfig, path: str) -> None:
                 StageRun(
                     stage=name,
                     config=_fill(run.config, variables, path),
-                    name=name,
+                    name=_fill(run.name or "{rl}", variables, path),
                     output=_fill(run.output, variables, path),
                     args=_fill(args, variables, path),
                     inputs=list(run.inputs),
@@ -139,7 +160,7 @@ def parse_argv(argv: list[str] | None = None) -> tuple[PipelineConfig, dict]:
             "--config is required: pass a pipeline YAML, e.g. --config configs/smollm2-135m/pipeline.yaml."
         )
     raw = read_yaml(path)
-    options, stage_overrides, top = {"stages": None, "force": False}, [], {}
+    options, stage_overrides, top = {"stages": None, "force": False, "continue": False}, [], {}
     for key, value in overrides:
         if key == "set":
             for item in value if isinstance(value, list) else [value]:
@@ -159,9 +180,12 @@ def parse_argv(argv: list[str] | None = None) -> tuple[PipelineConfig, dict]:
     config = build(PipelineConfig, {**raw, **top}, "", where)
     if ("rl" in raw or "rl" in top) and not any(run.stage == "rl" for run in config.stages):
         raise UserError(f"{path} sets rl: but has no `stage: rl` entry to run it; add one (see pipeline.yaml).")
+    from .feedback.rounds import expand_rounds
+
+    expand_rounds(config, path)
     expand_rl(config, path)
     variables = {"output_dir": config.output_dir, "model": config.model, "rl": config.rl[0] if config.rl else None,
-                 "_rl_all": config.rl}  # fmt: skip
+                 "_rl_all": config.rl, "_rounds": config.rounds, "rounds": str(config.rounds)}  # fmt: skip
     by_name = {}
     for index, run in enumerate(config.stages):
         label = f"{path}, stage {index + 1} ({run.stage})"
@@ -185,9 +209,17 @@ def parse_argv(argv: list[str] | None = None) -> tuple[PipelineConfig, dict]:
     for name in only:
         if name not in by_name:
             raise UserError(f"--stages names '{name}', which is not a stage of {path}{suggest(name, list(by_name))}")
+    if _true(options["continue"]):  # people are not done ranking: go on with the rankings saved so far
+        for run in config.stages:
+            if run.stage == "label":
+                run.args["wait"] = "false"
     for run in config.stages:
         check_command(config, run)
-    return config, {"only": only or None, "force": options["force"] is True or str(options["force"]) == "true"}
+    return config, {"only": only or None, "force": _true(options["force"])}
+
+
+def _true(value) -> bool:
+    return value is True or str(value) == "true"
 
 
 def _value_text(value) -> list[str]:
@@ -247,7 +279,11 @@ def _hash_path(digest, path: Path) -> None:
 
 def stage_hash(config: PipelineConfig, run: StageRun, previous: str) -> str:
     digest = hashlib.sha256(previous.encode())
-    digest.update(json.dumps([str(run.spec.recipe_path), run.output, stage_args(config, run)], default=str).encode())
+    argv = stage_args(config, run)
+    if "--wait" in argv:  # `--continue` (stop waiting for people) changes how a label stage runs, not what it makes
+        at = argv.index("--wait")
+        argv = argv[:at] + argv[at + 2 :]
+    digest.update(json.dumps([str(run.spec.recipe_path), run.output, argv], default=str).encode())
     if run.config:  # the parsed settings, so that editing a comment does not rerun a stage
         digest.update(json.dumps(read_yaml(run.config), sort_keys=True, default=str).encode())
     for item in run.inputs:

@@ -44,6 +44,11 @@ class EvaluationArguments:
         "it again",
         default=True,
     )
+    paired: dict[str, str] = _help(
+        "extra paired comparisons, model -> the model it is compared with on the same prompts and sampling seeds "
+        "(e.g. round2: round1 for feedback rounds): reward and judge differences with 95% bootstrap intervals",
+        default_factory=dict,
+    )
     samples_per_prompt: int = _help("sampled answers per held-out prompt (reward, judge, KL)", default=2)
     output_dir: str = _help("where eval.json, report.md and the plots go", default="outputs/smollm2-135m/eval")
     max_new_tokens: int = _help(

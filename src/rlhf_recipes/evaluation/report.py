@@ -103,6 +103,27 @@ def comparison_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def paired_table(report: dict) -> str:
+    """The `paired:` comparisons (feedback rounds: each round against the one before), one row each, with the
+    reward model accuracy each model's RL stage trained against (its lineage)."""
+    if not report.get("paired"):
+        return ""
+    head = "| model | compared with | judge gain (95% CI) | reward gain (95% CI) | judge score | KL to SFT / token "
+    lines = [head + "| its reward model's held-out accuracy |", "|---|---|---|---|---|---|---|"]
+    for name, other in report["paired"].items():
+        task = f"vs-{other}"
+        gain = {r["metric"]: r for r in report["results"] if r["stage"] == name and r["task"] == task}
+        lineage = read_lineage(report["models"][name]["path"]) if Path(report["models"][name]["path"]).is_dir() else {}
+        accuracy = ((lineage or {}).get("algorithm") or {}).get("reward_model_accuracy")
+        cells = [
+            _cell(gain.get("judge_gain")), _cell(gain.get("reward_gain")),
+            _cell(_find(report["results"], name, "judge_score")), _cell(_find(report["results"], name, "kl_per_token")),
+            f"{accuracy:.3f}" if isinstance(accuracy, int | float) else "",
+        ]  # fmt: skip
+        lines.append(f"| {name} | {other} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_comparison(report: dict, path: Path) -> bool:
     """Mean reward and judge score with their 95% intervals, one bar per sampled model."""
     import matplotlib
@@ -155,6 +176,9 @@ def write_report(report: dict, args) -> None:
     if comparison:
         lines += ["", "## RL algorithms against their baseline", "", comparison]
         report["comparison_table"] = comparison
+    paired = paired_table(report)
+    if paired:
+        lines += ["", "## Paired comparisons (feedback rounds: each round against the one before)", "", paired]
     lines += ["", "## Side by side (greedy answers to held-out questions)", ""]
     for row in report["side_by_side"]:
         lines.append(f"**Q:** {row['question']}  \n*reference:* {row['reference']}")

@@ -112,9 +112,13 @@ def evaluate_models(args: EvaluationArguments) -> dict:
     from tqdm.auto import tqdm
 
     described = describe_models(args)
+    for name, other in args.paired.items():
+        if name not in described or other not in described:
+            raise UserError(f"paired: {name}: {other} must name two of the models ({', '.join(described)}).")
     sampled_names = {n for n, i in described.items() if i["role"] == "rl"} | {
         i["baseline"] for i in described.values() if i["baseline"]
     }
+    sampled_names |= {n for pair in args.paired.items() for n in pair}
     texts = load_split(args.text_dataset, args.eval_split, ("text",), args.max_rows)["text"]
     qa = load_split(args.qa_dataset, args.eval_split, ("question", "answer"), args.max_rows)
     references = [[row["answer"], *(row.get("aliases") or [])] for row in qa]
@@ -174,6 +178,8 @@ def evaluate_models(args: EvaluationArguments) -> dict:
     for name, info in described.items():
         if info["baseline"] in sampled and name in sampled:
             results += comparison_results(name, info["baseline"], scores, judged, args)
+    for name, other in args.paired.items():
+        results += comparison_results(name, other, scores, judged, args)
 
     side_by_side = [
         {"question": q, "reference": ref[0], **{name: greedy[name][i] for name in greedy}}
@@ -187,6 +193,7 @@ def evaluate_models(args: EvaluationArguments) -> dict:
     ]
     models = {name: {k: info[k] for k in ("path", "stage", "role", "baseline")} for name, info in described.items()}
     return {
+        "paired": dict(args.paired),
         "models": {
             **models,
             reward_label(args): {"path": args.reward_model, "stage": reward_label(args), "role": "reward"},
