@@ -303,8 +303,12 @@ def test_collect_samples_k_answers_per_prompt_once_and_refuses_another_model_in_
     assert len(rows) == 3 and json.loads(rows[0]["sampling"])["k"] == 3
     assert json.loads(rows[0]["lineage"])["stage"] == "sft"
     assert stages.get("collect").run(argv)["candidates"] == 0  # a rerun adds nothing
-    with pytest.raises(UserError, match="already holds answers from"):
-        stages.get("collect").run([*argv, "--model", str(tiny_sibling(sft, tmp_path))])
+    other = str(tiny_sibling(sft, tmp_path))
+    with pytest.raises(UserError, match="already holds answers from .* with 0 rankings by people"):
+        stages.get("collect").run([*argv, "--model", other])
+    store.record(store.prompt_ids(1)[0], 1, "simulated", "sim", [[r["id"]] for r in rows])
+    assert stages.get("collect").run([*argv, "--model", other, "--replace_round", "true"])["candidates"] == 6
+    assert store.rankings([1]) == [] and {r["model"] for r in store.candidates(store.prompt_ids(1)[0], 1)} == {other}
     assert stages.get("collect").run([*argv, "--round", "2"])["candidates"] == 6  # round 2: the next prompts
     assert set(store.prompt_ids(2)).isdisjoint(store.prompt_ids(1))
 

@@ -40,18 +40,27 @@ def model_summary(model: str) -> dict:
     return summary
 
 
-def check_round_model(store: Store, ids: list[int], round: int, model: str, summary: dict) -> None:
+def check_round_model(store: Store, args: CollectArguments, ids: list[int], summary: dict) -> None:
     """A round's answers all come from one model: answers from another (or an earlier version at the same path) are
-    refused with one sentence, never mixed into the same rankings."""
+    refused with one sentence, never mixed into the same rankings; `replace_round` deletes the old round first."""
     import json
 
     for prompt_id in ids:
-        for row in store.candidates(prompt_id, round):
-            if row["model"] != model or json.loads(row["lineage"]).get("fingerprint") != summary.get("fingerprint"):
-                raise UserError(
-                    f"round {round} of {store.url} already holds answers from {row['model']} (another model, or an "
-                    f"earlier version of {model}); collect into a new round, or use a new store."
-                )
+        for row in store.candidates(prompt_id, args.round):
+            if row["model"] == args.model and json.loads(row["lineage"]).get("fingerprint") == summary.get(
+                "fingerprint"
+            ):
+                continue
+            if args.replace_round:
+                logger.warning("round %d: deleting the answers of %s and their rankings: %s", args.round, row["model"],
+                               store.clear_round(args.round))  # fmt: skip
+                return
+            people = sum(r["ranker"] == "human" for r in store.rankings([args.round]))
+            raise UserError(
+                f"round {args.round} of {store.url} already holds answers from {row['model']} (another model, or an "
+                f"earlier version of {args.model}) with {people} rankings by people; collect into a new round, use a "
+                "new store, or pass --replace_round true to delete that round's answers and rankings."
+            )
 
 
 def sample_round(args: CollectArguments, store: Store) -> dict:
@@ -67,7 +76,7 @@ def sample_round(args: CollectArguments, store: Store) -> dict:
     prompts = [as_messages(p) for p in round_prompts(args)]
     ids = [store.add_prompt(p, source=f"{args.prompt_dataset}:{args.split}") for p in prompts]
     summary = model_summary(args.model)
-    check_round_model(store, ids, args.round, args.model, summary)
+    check_round_model(store, args, ids, summary)
     todo = [(i, p) for i, p in zip(ids, prompts) if len(store.candidates(i, args.round)) < args.k]
     sampling = {"k": args.k, "temperature": args.temperature, "max_new_tokens": args.max_new_tokens, "seed": args.seed}
     counts = {

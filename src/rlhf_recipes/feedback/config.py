@@ -32,6 +32,11 @@ class CollectArguments:
     max_new_tokens: int = _help("tokens per answer", default=48)
     batch_size: int = _help("sequences per generate call", default=64)
     seed: int = _help("seed of the sampling", default=0)
+    replace_round: bool = _help(
+        "when the round already holds answers from another model (or an earlier version of this one, e.g. a rerun "
+        "after a change upstream): delete that round's answers and rankings first; false refuses",
+        default=False,
+    )
     import_path: str | None = _help(
         "import prompts, answers and their rankings from a file or Hub dataset instead of sampling (see import_format)",
         default=None,

@@ -191,6 +191,17 @@ class Store:
             return existing.id
         return db.execute(rankings.insert().values(**key, **values)).inserted_primary_key[0]
 
+    def clear_round(self, round: int) -> dict:
+        """Delete one round's answers, rankings and tickets in one transaction (a round sampled again from another
+        model); returns what was deleted."""
+        with self.engine.begin() as db:
+            counts = {
+                "rankings": db.execute(rankings.delete().where(rankings.c.round == round)).rowcount,
+                "tickets": db.execute(tickets.delete().where(tickets.c.round == round)).rowcount,
+                "candidates": db.execute(candidates.delete().where(candidates.c.round == round)).rowcount,
+            }
+        return counts
+
     # -------------------------------------------------------------------------------------------- people ranking
     def next_task(
         self, labeller: str, round: int, per_prompt: int = 1, claim_seconds: float = 900, seed: int | None = None
