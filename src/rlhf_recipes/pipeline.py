@@ -178,7 +178,7 @@ def parse_argv(argv: list[str] | None = None) -> tuple[PipelineConfig, dict]:
     if isinstance(top.get("rl"), str):
         top["rl"] = [name.strip() for name in top["rl"].split(",") if name.strip()]
     config = build(PipelineConfig, {**raw, **top}, "", where)
-    if ("rl" in raw or "rl" in top) and not any(run.stage == "rl" for run in config.stages):
+    if ("rl" in raw or "rl" in top) and not any(run.stage == "rl" for run in config.stages + config.each_round):
         raise UserError(f"{path} sets rl: but has no `stage: rl` entry to run it; add one (see pipeline.yaml).")
     from .feedback.rounds import expand_rounds
 
