@@ -350,11 +350,12 @@ def test_the_rounds_pipeline_expands_each_round_and_continue_stops_waiting_for_p
 
     config, _ = parse_argv(["--config", str(CONFIGS / "rounds.yaml")])
     names = [run.name for run in config.stages]
-    assert names[-9:] == ["collect-r1", "label-r1", "reward-r1", "ppo-r1",
-                          "collect-r2", "label-r2", "reward-r2", "ppo-r2", "rounds-eval"]  # fmt: skip
+    assert names[-9:] == ["collect-r1", "label-r1", "reward-r1", "grpo-r1",
+                          "collect-r2", "label-r2", "reward-r2", "grpo-r2", "rounds-eval"]  # fmt: skip
     by = {run.name: run for run in config.stages}
     assert by["collect-r2"].args["model"] == "outputs/smollm2-135m/round1/policy"
-    assert by["ppo-r1"].args["model_name_or_path"] == "outputs/smollm2-135m/ppo"
+    assert by["grpo-r1"].args["model_name_or_path"] == "outputs/smollm2-135m/ppo"
+    assert by["grpo-r2"].args["reward_model_path"] == "outputs/smollm2-135m/round2/reward"
     assert by["reward-r2"].args["model_name_or_path"] == "outputs/smollm2-135m/round1/reward"
     assert by["label-r1"].args["reward_model_in_training"] == "outputs/smollm2-135m/reward"
     evaluation = by["rounds-eval"].args
@@ -363,7 +364,7 @@ def test_the_rounds_pipeline_expands_each_round_and_continue_stops_waiting_for_p
     assert evaluation["reward_model"] == "outputs/smollm2-135m/round2/reward"
     continued, _ = parse_argv(["--config", str(CONFIGS / "rounds.yaml"), "--continue", "true", "--rounds", "3"])
     label = next(run for run in continued.stages if run.name == "label-r1")
-    assert label.args["wait"] == "false" and "ppo-r3" in [run.name for run in continued.stages]
+    assert label.args["wait"] == "false" and "grpo-r3" in [run.name for run in continued.stages]
     assert stage_hash(continued, label, "") == stage_hash(config, by["label-r1"], "")  # same stage, not rerun
 
 

@@ -287,12 +287,13 @@ def test_api_refuses_bad_and_replayed_requests_and_changes_nothing(tmp_path):
         assert replay.status_code == 409 and "already submitted" in replay.json()["detail"]
         assert store.rankings() == before
 
-        # skipping needs no ranks; progress counts it
+        # skipping needs no ranks; progress counts it as the labeller's, and the prompt stays left for someone else
         other = store.next_task("api", 1)
         assert httpx.post(rank, json={"ticket": other.ticket, "status": "skipped"}).status_code == 200
         assert [r["status"] for r in store.rankings()] == ["ranked", "skipped"]
-        assert httpx.get(f"{base}/api/progress", params={"labeller": "api"}).json() == {"done": 2, "left": 0}
-        assert httpx.get(f"{base}/api/progress", params={"labeller": "else"}).json() == {"done": 0, "left": 0}
+        assert httpx.get(f"{base}/api/progress", params={"labeller": "api"}).json() == {"done": 2, "left": 1}
+        assert httpx.get(f"{base}/api/progress", params={"labeller": "else"}).json() == {"done": 0, "left": 1}
+        assert store.next_task("api", 1) is None and store.next_task("else", 1).prompt_id == other.prompt_id
 
 
 def test_login_required_on_an_exposed_address_and_enforced(tmp_path, browser):
