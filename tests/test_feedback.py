@@ -287,6 +287,9 @@ def test_openassistant_trees_and_ranking_datasets_import_into_the_store(tmp_path
     bad.write_text(json.dumps({"prompt": "p", "responses": ["a", "b"], "ranks": [1]}) + "\n")
     with pytest.raises(UserError, match="row 1: 2 responses but 1 ranks"):
         importers.import_rankings(store, str(bad), "ranking", 3)
+    bad.write_text(json.dumps({"prompt": "p", "responses": ["a", "b"], "ranks": ["best", "worst"]}) + "\n")
+    with pytest.raises(UserError, match="row 1: ranks must be whole numbers"):
+        importers.import_rankings(store, str(bad), "ranking", 3)
 
 
 def test_collect_samples_k_answers_per_prompt_once_and_refuses_another_model_in_the_same_round(
@@ -368,13 +371,13 @@ def test_the_rounds_pipeline_expands_each_round_and_continue_stops_waiting_for_p
     assert stage_hash(continued, label, "") == stage_hash(config, by["label-r1"], "")  # same stage, not rerun
 
 
-def test_rounds_without_a_rounds_entry_is_one_sentence(tmp_path):
+def test_rounds_without_a_rounds_entry_is_one_sentence(tmp_path, monkeypatch):
     from rlhf_recipes.pipeline import parse_argv
 
     text = (CONFIGS / "rounds.yaml").read_text().replace("  - stage: rounds\n", "")
     (tmp_path / "p.yaml").write_text(text)
+    monkeypatch.chdir(REPO)  # the YAML names configs relative to the checkout
     with pytest.raises(UserError, match="has no `stage: rounds` entry"):
-        os.chdir(REPO)
         parse_argv(["--config", str(tmp_path / "p.yaml")])
 
 

@@ -61,7 +61,7 @@ def ranking_items(row: dict, index: int, counts: Counter):
         responses, ranks = list(row["responses"]), list(row["ranks"])
         if len(responses) != len(ranks):
             raise UserError(f"import_path row {index + 1}: {len(responses)} responses but {len(ranks)} ranks.")
-        yield messages, responses, ranks, row.get("labeller") or "import"
+        yield messages, responses, _whole(ranks, index), row.get("labeller") or "import"
         return
     questions = [k for k in row if k.endswith(".responses") and isinstance(row[k], list) and row[k]]
     if not questions:
@@ -79,7 +79,13 @@ def ranking_items(row: dict, index: int, counts: Counter):
         if missing:
             raise UserError(f"import_path row {index + 1}: the ranking names column(s) {missing} that it lacks.")
         labeller = str(users[n]) if n < len(users) else f"argilla-{n}"
-        yield messages, [row[v] for v in values], [int(item["rank"]) for item in answer], labeller
+        yield messages, [row[v] for v in values], _whole([item["rank"] for item in answer], index), labeller
+
+
+def _whole(ranks: list, index: int) -> list[int]:
+    if not all(isinstance(r, int) and not isinstance(r, bool) for r in ranks):
+        raise UserError(f"import_path row {index + 1}: ranks must be whole numbers (1 = best), not {ranks}.")
+    return ranks
 
 
 def import_rankings(store, path: str, kind: str, round: int, split: str = "train") -> dict:
