@@ -16,6 +16,9 @@ What this module changes in TRL's loop, each because the number PPO optimises mu
   rendered its pairs (TRL's `get_reward` reads the score at `<|im_end|>`, one token before where the head learned);
 - reference and policy log-probs come from float32 logits whatever the autocast (a bf16 `log_softmax` gives a phantom
   KL of ~0.3 nats per answer at identical weights);
+- the reference, value and update passes skip the padding (`unpad.py`): each row without the left padding of its
+  batch, the heads only at the answer's positions; with `train_sampling_strategy: group_by_length` a batch holds
+  prompts of similar length, so generation pads less too;
 - rollouts sample with the configured settings only: the checkpoint's `generation_config` (a `repetition_penalty`,
   say) would add logits processors that the log-probs of the update never apply;
 - checkpoints every `save_steps` updates hold the policy adapter, the value adapter and head, optimizer, scheduler
@@ -34,12 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from transformers.modeling_outputs import CausalLMOutputWithPast
 from trl.experimental.ppo import PPOConfig as TRLPPOConfig
 from trl.experimental.ppo import PPOTrainer as TRLPPOTrainer
 from trl.experimental.ppo import ppo_trainer as trl_ppo_module
 
 from ..cli import UserError
 from ..scoring import RewardScorer
+from .unpad import forward_rows, rollout_inputs
 
 logger = logging.getLogger(__name__)
 VALUE_WEIGHTS = "value_model.safetensors"  # the value model's trainable part (LoRA + score head) in a checkpoint
@@ -178,6 +183,7 @@ class PPOTrainer(TRLPPOTrainer):
         for name in ("policy", "config"):  # DDP hides PolicyAndValueWrapper's attributes (huggingface/trl#2375);
             if not hasattr(self.model, name):  # `config` is read by the model card TRL writes into each checkpoint
                 self.model.__dict__[name] = getattr(self.accelerator.unwrap_model(self.model), name)
+        self.accelerator.unwrap_model(self.model).__class__ = _UnpaddedPolicyAndValue  # DDP calls its forward
         if not hasattr(self, "is_distributed_loading_by_transformers"):  # set by Trainer.__init__, which TRL skips
             self.is_distributed_loading_by_transformers = False
         if self.args.activation_checkpointing:  # `gradient_checkpointing` is its deprecated alias; both are set
@@ -196,17 +202,25 @@ class PPOTrainer(TRLPPOTrainer):
         clean_generation_config(policy, self.processing_class, self.stop_token_id)
 
     def _seed_data_order(self) -> None:
-        """The prompt order from a generator of its own (seeded by `seed`), so a resumed run can replay it."""
+        """The prompt order from a generator of its own (seeded by `seed`), so a resumed run can replay it; with
+        `train_sampling_strategy: group_by_length` (TRL's loop ignores it) batches of prompts of similar length."""
         from torch.utils.data import DataLoader, RandomSampler
 
+        from .rl import LengthGroupedBatches
+
+        order = torch.Generator().manual_seed(self.args.seed)
+        batch = {"batch_size": self.local_dataloader_batch_size, "drop_last": True}  # TRL's loop needs full batches
+        if self.args.train_sampling_strategy == "group_by_length":
+            lengths = [len(ids) for ids in self.train_dataset["input_ids"]]
+            batch = {"batch_sampler": LengthGroupedBatches(lengths, batch["batch_size"], order)}
+        else:
+            batch["sampler"] = RandomSampler(self.train_dataset, generator=order)
         loader = DataLoader(
             self.train_dataset,
-            batch_size=self.local_dataloader_batch_size,
-            sampler=RandomSampler(self.train_dataset, generator=torch.Generator().manual_seed(self.args.seed)),
             collate_fn=self.data_collator,
-            drop_last=True,  # TRL's loop needs full batches
             # each new iterator draws a worker seed: from this generator, not from the global RNG of the sampling
             generator=torch.Generator().manual_seed(self.args.seed + 1),
+            **batch,
         )
         self.dataloader = self.accelerator.prepare(loader)
 
@@ -239,30 +253,45 @@ class PPOTrainer(TRLPPOTrainer):
 
         Under bf16 autocast the rollout's log-probs are recomputed by the same forward pass the update uses: the
         sampler's cached, token-by-token bf16 logits differ from a full forward pass by up to ~1e-3 per token, so at
-        identical weights the importance ratio would not be 1 (float32 agrees to ~1e-6 and skips this pass).
+        identical weights the importance ratio would not be 1 (float32 agrees to the rounding of the sampler's masked
+        attention over the padding, ~1e-5, and skips this pass).
         """
+        from accelerate.utils import extract_model_from_parallel
+
         module = trl_ppo_module
         original = module.get_reward, module.forward, module.batch_generation
         reward_model, scorer = self.reward_model, self.scorer
         temperature = self.args.temperature + 1e-7  # TRL's own epsilon, in sampling and in the update alike
+        batch = {}  # the context length (padded prompt width) of the batch being trained on
 
         def get_reward(model, query_responses, pad_token_id, context_length):
-            if model is not reward_model:  # the value model keeps TRL's per-token values
-                return original[0](model, query_responses, pad_token_id, context_length)
-            queries, answers = query_responses[:, :context_length], query_responses[:, context_length:]
-            return None, scorer.score_rollouts(queries, answers, pad_token_id).to(query_responses.device), None
+            if model is reward_model:
+                queries, answers = query_responses[:, :context_length], query_responses[:, context_length:]
+                return None, scorer.score_rollouts(queries, answers, pad_token_id).to(query_responses.device), None
+            backbone, keep = getattr(model, model.base_model_prefix), query_responses.shape[1] - context_length + 1
+
+            def values(**inputs):  # the value model: TRL reads its per-token values from the last prompt token on
+                return (model.score(backbone(**inputs, use_cache=False).last_hidden_state[:, -keep:]),)
+
+            return forward_rows(**rollout_inputs(query_responses, pad_token_id), keep=keep, call=values)[0], None, None
 
         def forward(model, query_responses, pad_token_id):
-            result = original[1](model, query_responses, pad_token_id)
-            output = result[0] if isinstance(result, tuple) else result
-            output.logits = output.logits.float()  # before TRL divides by the temperature and takes log_softmax
-            return result
+            keep = query_responses.shape[1] - batch["context"] + 1  # TRL reads logits[:, context - 1 : -1]
+            inputs = rollout_inputs(query_responses, pad_token_id)
+            if isinstance(extract_model_from_parallel(model), _UnpaddedPolicyAndValue):  # the update
+                return model(**inputs, logits_to_keep=keep)
+
+            def logits(**rows):  # float32, before TRL divides by the temperature and takes log_softmax
+                return (model(**rows, logits_to_keep=keep, use_cache=False).logits.float(),)
+
+            return CausalLMOutputWithPast(logits=forward_rows(**inputs, keep=keep, call=logits)[0])
 
         def batch_generation(model, queries, batch_size, pad_token_id, generation_config):
+            batch["context"] = context = queries.shape[1]
             query_responses, logits = original[2](model, queries, batch_size, pad_token_id, generation_config)
             if not autocast_bf16:
                 return query_responses, logits
-            context, recomputed = queries.shape[1], []
+            recomputed = []
             with torch.no_grad():
                 for start in range(0, len(query_responses), batch_size):
                     output = forward(model, query_responses[start : start + batch_size], pad_token_id)
@@ -335,6 +364,20 @@ class PPOTrainer(TRLPPOTrainer):
                 trainer_state.epoch = state.epoch
 
         self.callback_handler.callbacks.insert(0, RestoreState())
+
+
+class _UnpaddedPolicyAndValue(trl_ppo_module.PolicyAndValueWrapper):
+    """TRL's policy-and-value wrapper, whose update pass skips the padding (`unpad.forward_rows`) and computes the
+    policy's logits and the values only at the `logits_to_keep` positions TRL reads."""
+
+    def forward(self, input_ids, attention_mask, position_ids, logits_to_keep, **_):
+        def both(**rows):
+            hidden = self.critic_backbone(**rows, use_cache=False).last_hidden_state[:, -logits_to_keep:]
+            logits = self.policy(**rows, logits_to_keep=logits_to_keep, use_cache=False).logits.float()
+            return logits, self.value_model.score(hidden)
+
+        logits, values = forward_rows(input_ids, attention_mask, position_ids, logits_to_keep, both)
+        return CausalLMOutputWithPast(logits=logits), values
 
 
 def _trainable_state(model) -> dict:

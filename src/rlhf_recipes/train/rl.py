@@ -54,3 +54,33 @@ def check_prompts(dataset, label: str, split: str = "train") -> None:
                 f"{label} prompt {row} of the {split} split is {str(prompt)[:60]!r}; a prompt is a non-empty string or "
                 "a list of {role, content} messages ending in a user turn (fix it with recipes/prepare_data.py)."
             )
+
+
+class LengthGroupedBatches:
+    """Batches of prompts of similar length, in a random order: `train_sampling_strategy: group_by_length`.
+
+    Every forward pass of an RL update (generation's prefill, reference, value, reward, the update itself) runs over
+    the batch's prompts left-padded to its longest one, so the padding is work repeated five times. transformers'
+    `get_length_grouped_indices` groups the prompts (a random permutation, sorted by length within mega-batches of up
+    to 50 batches); the batches are then shuffled, so that an epoch is no curriculum from long prompts to short ones.
+    The `len % batch_size` prompts left over are drawn at random each epoch, as a shuffled `drop_last` loader drops.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, generator):
+        self.lengths, self.batch_size, self.generator = list(lengths), batch_size, generator
+
+    def __len__(self) -> int:
+        return len(self.lengths) // self.batch_size
+
+    def __iter__(self):
+        import torch
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        size = self.batch_size
+        kept = torch.randperm(len(self.lengths), generator=self.generator)[: len(self) * size].tolist()
+        grouped = get_length_grouped_indices(
+            [self.lengths[i] for i in kept], size, mega_batch_mult=min(50, len(self)), generator=self.generator
+        )
+        batches = [[kept[i] for i in grouped[start : start + size]] for start in range(0, len(grouped), size)]
+        for index in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[index]
