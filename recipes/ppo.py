@@ -15,15 +15,8 @@ from trl import ModelConfig, ScriptArguments, get_peft_config
 from rlhf_recipes import cli, stages
 from rlhf_recipes.models import load_tokenizer
 from rlhf_recipes.train import common, rl
-from rlhf_recipes.train.ppo import (
-    PPOConfig,
-    PPOTrainer,
-    add_value_adapter,
-    check_model_options,
-    final_metrics,
-    load_scoring_model,
-    tokenize_prompts,
-)
+from rlhf_recipes.train.ppo import PPOConfig, PPOTrainer, final_metrics, tokenize_prompts
+from rlhf_recipes.train.scoring_models import add_value_adapter, check_model_options, load_scoring_model
 
 STAGE = stages.for_recipe(__file__)
 KEY_SETTINGS = ("kl_coef", "kl_estimator", "response_length", "temperature", "total_episodes", "num_ppo_epochs",

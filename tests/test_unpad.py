@@ -27,7 +27,7 @@ def models(tiny_model_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from rlhf_recipes.train.ppo import add_value_adapter
+    from rlhf_recipes.train.scoring_models import add_value_adapter
 
     torch.manual_seed(0)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "gate_proj"], init_lora_weights=False)

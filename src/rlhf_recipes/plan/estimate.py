@@ -230,10 +230,10 @@ def prompt_length(script_args, given: int | None = None) -> tuple[int, str]:
 
 def plan_ppo_stage(stage, configs, device, *, outputs=None, sequence_length=None, prompt_tokens=None) -> StagePlan:
     """PPO's four models (policy, reference, reward, value), its rollout and its update; `sequence_length` unused."""
-    from ..train import ppo
+    from ..train.scoring_models import check_model_options
 
     script_args, training_args, model_args = split_configs(configs)
-    ppo.check_model_options(training_args, model_args)  # the recipe's own refusals (a 4-bit value model without LoRA)
+    check_model_options(training_args, model_args)  # the recipe's own refusals (a 4-bit value model without LoRA)
     _, policy_name = _model_name(stage, configs, CAUSAL_LM)
     _, reward_name = _model_name(stage, configs, REWARD_MODEL)
     policy_shape = model_shape(policy_name, CAUSAL_LM, outputs)

@@ -76,7 +76,7 @@ def reward_function(training_args, model_args, init_kwargs: dict, stage, penalty
     """The reward stage's output as a reward function; 4-bit when `reward_model_load_in_4bit`."""
     from ..models import load_tokenizer
     from . import common
-    from .ppo import load_scoring_model
+    from .scoring_models import load_scoring_model
 
     path = common.prepare_model(training_args.reward_model_path, stage, key="reward_model_path")
     model = load_scoring_model(path, init_kwargs, model_args, training_args.reward_model_load_in_4bit).eval()

@@ -29,8 +29,6 @@ What this module changes in TRL's loop, each because the number PPO optimises mu
 from __future__ import annotations
 
 import contextlib
-import copy
-import dataclasses
 import functools
 import logging
 from dataclasses import dataclass, field
@@ -42,24 +40,13 @@ from trl.experimental.ppo import PPOConfig as TRLPPOConfig
 from trl.experimental.ppo import PPOTrainer as TRLPPOTrainer
 from trl.experimental.ppo import ppo_trainer as trl_ppo_module
 
-from ..cli import UserError
 from ..scoring import RewardScorer
 from .unpad import forward_rows, rollout_inputs
 
 logger = logging.getLogger(__name__)
 VALUE_WEIGHTS = "value_model.safetensors"  # the value model's trainable part (LoRA + score head) in a checkpoint
 
-__all__ = [
-    "PPOConfig",
-    "PPOTrainer",
-    "TRLPPOConfig",
-    "TRLPPOTrainer",
-    "add_value_adapter",
-    "check_model_options",
-    "final_metrics",
-    "load_scoring_model",
-    "tokenize_prompts",
-]
+__all__ = ["PPOConfig", "PPOTrainer", "TRLPPOConfig", "TRLPPOTrainer", "final_metrics", "tokenize_prompts"]
 
 
 @dataclass
@@ -81,73 +68,6 @@ class PPOConfig(TRLPPOConfig):
             "eval_accuracy) is below this: RL against a reward model near chance optimises noise. 0 disables."
         },
     )
-
-
-def check_model_options(training_args: PPOConfig, model_args) -> None:
-    """Refuse model settings that cannot train, before anything is loaded."""
-    if training_args.value_model_load_in_4bit and not model_args.use_peft:
-        raise UserError(
-            "value_model_load_in_4bit: true needs use_peft: true, because a 4-bit value model can only train through "
-            "LoRA; set use_peft: true or value_model_load_in_4bit: false."
-        )
-    if model_args.load_in_4bit and not model_args.use_peft:
-        raise UserError(
-            "load_in_4bit: true needs use_peft: true, because a 4-bit policy can only train through LoRA; set "
-            "use_peft: true or load_in_4bit: false."
-        )
-    per_rank = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
-    if per_rank % training_args.num_mini_batches:
-        raise UserError(
-            f"num_mini_batches={training_args.num_mini_batches} must divide the episodes of one update on each process "
-            f"(per_device_train_batch_size x gradient_accumulation_steps = {per_rank}); change one of them."
-        )
-    four_bit = [k for k in ("reward_model_load_in_4bit", "value_model_load_in_4bit") if getattr(training_args, k)]
-    if four_bit and model_args.dtype not in ("bfloat16", "float16", "float32"):
-        raise UserError(
-            f"{four_bit[0]}: true needs an explicit dtype for the 4-bit compute (got {model_args.dtype}); set dtype: "
-            "bfloat16 on a GPU, or float32 or bfloat16 on CPU."
-        )
-
-
-def load_scoring_model(path: str, init_kwargs: dict, model_args, load_in_4bit: bool):
-    """A one-output sequence-classification model (reward or value) from `path`, in 4-bit NF4 when asked.
-
-    `init_kwargs` are the policy's `from_pretrained` arguments; its own quantization (QLoRA) is not carried over.
-    The `score` head is the model's last module, which transformers never quantizes, so it stays trainable.
-    """
-    from accelerate import PartialState
-    from transformers import AutoModelForSequenceClassification
-    from trl import get_quantization_config
-
-    kwargs = {k: v for k, v in init_kwargs.items() if k not in ("quantization_config", "device_map")}
-    if load_in_4bit:
-        kwargs["quantization_config"] = get_quantization_config(
-            dataclasses.replace(model_args, load_in_4bit=True, load_in_8bit=False)
-        )
-        # bitsandbytes quantizes on the device the weights land on: each process's own GPU, else the CPU.
-        kwargs["device_map"] = {"": PartialState().local_process_index} if torch.cuda.is_available() else None
-    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
-
-
-def add_value_adapter(value_model, peft_config):
-    """Put the policy's LoRA settings into the value model in place; train only LoRA and the `score` head.
-
-    TRL's PPOTrainer reads `value_model.<base_model_prefix>` (the backbone) and `value_model.score`, so the value model
-    must stay a `*ForSequenceClassification`: `peft.inject_adapter_in_model` adds LoRA layers without the `PeftModel`
-    wrapper that `get_peft_model` would put around it, and freezes everything else. The score head (it starts as the
-    reward head) is unfrozen again. Both trained parts are kept in float32 on a bfloat16 or 4-bit base, as
-    `get_peft_model` does for the policy's adapter: a bfloat16 weight cannot take updates of a 1e-5 learning rate.
-    """
-    from peft import inject_adapter_in_model
-    from peft.tuners.tuners_utils import cast_adapter_dtype
-
-    config = copy.deepcopy(peft_config)
-    config.modules_to_save = None  # the policy's extra modules (e.g. lm_head) do not exist here; `score` is handled
-    inject_adapter_in_model(config, value_model)
-    cast_adapter_dtype(value_model, "default")
-    score = value_model.score.float().requires_grad_(True)
-    score.register_forward_pre_hook(lambda module, args: tuple(a.to(module.weight.dtype) for a in args))
-    return value_model
 
 
 class _ResumeAt:
