@@ -117,3 +117,18 @@ def test_length_grouped_batches_pad_less_and_reshuffle_each_epoch():
     assert epochs[0] != epochs[1] or epochs[1] != epochs[2]  # a fresh order each epoch, from the seeded generator
     replay = LengthGroupedBatches(lengths, 8, torch.Generator().manual_seed(0))
     assert [list(replay) for _ in range(3)] == epochs  # what a resumed run replays
+
+
+def test_ppo_refuses_a_sampling_strategy_it_cannot_use(tmp_path):
+    """TRL's PPO loop ignores `train_sampling_strategy`; ours honours random and group_by_length, refuses the rest."""
+    from trl import ModelConfig
+
+    from rlhf_recipes.cli import UserError
+    from rlhf_recipes.train.ppo import PPOConfig
+    from rlhf_recipes.train.rl import LengthGroupedBatches
+    from rlhf_recipes.train.scoring_models import check_model_options
+
+    args = PPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, train_sampling_strategy="sequential")
+    with pytest.raises(UserError, match="train_sampling_strategy=sequential is not one PPO can use"):
+        check_model_options(args, ModelConfig(use_peft=True))
+    assert list(LengthGroupedBatches([5, 9, 3], 8, torch.Generator().manual_seed(0))) == []  # fewer than one batch

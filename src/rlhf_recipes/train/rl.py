@@ -77,6 +77,8 @@ class LengthGroupedBatches:
         from transformers.trainer_pt_utils import get_length_grouped_indices
 
         size = self.batch_size
+        if not len(self):  # fewer prompts than one batch: nothing to yield, as a `drop_last` loader yields nothing
+            return
         kept = torch.randperm(len(self.lengths), generator=self.generator)[: len(self) * size].tolist()
         grouped = get_length_grouped_indices(
             [self.lengths[i] for i in kept], size, mega_batch_mult=min(50, len(self)), generator=self.generator

@@ -29,6 +29,11 @@ def check_model_options(training_args, model_args) -> None:
             f"num_mini_batches={training_args.num_mini_batches} must divide the episodes of one update on each process "
             f"(per_device_train_batch_size x gradient_accumulation_steps = {per_rank}); change one of them."
         )
+    if training_args.train_sampling_strategy not in ("random", "group_by_length"):
+        raise UserError(
+            f"train_sampling_strategy={training_args.train_sampling_strategy} is not one PPO can use; set random or "
+            "group_by_length (batches of prompts of similar length)."
+        )
     four_bit = [k for k in ("reward_model_load_in_4bit", "value_model_load_in_4bit") if getattr(training_args, k)]
     if four_bit and model_args.dtype not in ("bfloat16", "float16", "float32"):
         raise UserError(
