@@ -152,6 +152,15 @@ def run_baseline(name: str, argv: list[str], log: Path, timeout: float | None = 
     return _run_child("baseline", name, argv, log, timeout, check)
 
 
+def lora_argv(config: Path) -> list[str]:
+    """A config's LoRA shape as TRL command-line flags, for a baseline that must train the same adapter."""
+    from rlhf_recipes.config import read_yaml
+
+    settings = read_yaml(config)
+    flags = ["--lora_r", str(settings["lora_r"]), "--lora_alpha", str(settings["lora_alpha"])]
+    return [*flags, "--lora_target_modules", *settings["lora_target_modules"]]
+
+
 def schedule(runs: dict[str, int]) -> list[tuple[int, str]]:
     """(round, setup) in the order to run them: interleaved round by round, so that a machine that drifts (heat,
     neighbours) touches every setup alike; a setup with fewer runs drops out after its last."""

@@ -10,11 +10,14 @@ resident set size is its own `ru_maxrss`.
 
 - `trl-example`: bench/trl_ppo_example.py, TRL's examples/scripts/ppo/ppo.py setup: full fine-tuning, a second full
   policy as reference, full-precision reward model and a fully fine-tuned full-precision value model;
-- `trl-example-peft`: the same with `--use_peft` (LoRA policy, adapter-disabled reference);
+- `trl-example-peft`: the same with `--use_peft` (LoRA policy of ppo.yaml's shape, adapter-disabled reference);
 - `ours-lora-value`: the ppo stage with configs/smollm2-135m/ppo.yaml, float32 weights: LoRA policy and LoRA value
   model, reward and value bases in full precision;
 - `ours-4bit-reward-value`: the same with `reward_model_load_in_4bit` and `value_model_load_in_4bit`;
-- `ours-bf16-lora-value`, `ours-bf16-4bit-reward-value`: the two above with bfloat16 frozen weights (`dtype`);
+- `ours-checkpointed`: `ours-lora-value` with `gradient_checkpointing: true` on the policy and value models (the
+  update pass keeps each layer's input only and recomputes the rest in the backward pass);
+- `ours-bf16-lora-value`, `ours-bf16-4bit-reward-value`, `ours-bf16-checkpointed`: the three above with bfloat16
+  frozen weights (`dtype`);
 - `ours-all-4bit`: bfloat16, 4-bit reward and value models, and the policy in 4-bit too (QLoRA: `load_in_4bit`).
 
 The bfloat16 setups compute in bf16, which a CPU without native bf16 emulates ~100x slower: there they are left out
@@ -33,12 +36,15 @@ from bench.harness import CONFIGS, RESULTS
 
 FOUR_BIT = ["--reward_model_load_in_4bit", "true", "--value_model_load_in_4bit", "true"]
 FULL = ["--reward_model_load_in_4bit", "false", "--value_model_load_in_4bit", "false"]
-OURS = {  # every memory setting spelt out, so that a row means the same whatever the shipped YAML's defaults
-    "ours-lora-value": ["--dtype", "float32", *FULL],
-    "ours-4bit-reward-value": ["--dtype", "float32", *FOUR_BIT],
-    "ours-bf16-lora-value": ["--dtype", "bfloat16", *FULL],
-    "ours-bf16-4bit-reward-value": ["--dtype", "bfloat16", *FOUR_BIT],
-    "ours-all-4bit": ["--dtype", "bfloat16", *FOUR_BIT, "--load_in_4bit", "true"],
+# every memory and precision setting spelt out, so that a row means the same whatever the YAML's defaults or the CPU
+OURS = {
+    "ours-lora-value": ["--dtype", "float32", "--bf16", "false", *FULL],
+    "ours-4bit-reward-value": ["--dtype", "float32", "--bf16", "false", *FOUR_BIT],
+    "ours-checkpointed": ["--dtype", "float32", "--bf16", "false", *FULL, "--gradient_checkpointing", "true"],
+    "ours-bf16-lora-value": ["--dtype", "bfloat16", "--bf16", "true", *FULL],
+    "ours-bf16-4bit-reward-value": ["--dtype", "bfloat16", "--bf16", "true", *FOUR_BIT],
+    "ours-bf16-checkpointed": ["--dtype", "bfloat16", "--bf16", "true", *FULL, "--gradient_checkpointing", "true"],
+    "ours-all-4bit": ["--dtype", "bfloat16", "--bf16", "true", *FOUR_BIT, "--load_in_4bit", "true"],
 }
 TRL = ("trl-example", "trl-example-peft")
 SETUPS = (*TRL, *OURS)
@@ -82,7 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
         if setup in TRL:
             argv = ["--policy", policy, "--reward", reward, "--dataset", "data/demo/prompts"]
             argv += ["--num_sample_generations", "0", "--num_ppo_epochs", "2", "--output_dir", str(output_dir)]
-            argv += [*shared, "--use_peft" if setup.endswith("-peft") else "--no-use_peft"]
+            peft = ["--use_peft", *harness.lora_argv(CONFIGS / "ppo.yaml")] if setup.endswith("-peft") else []
+            argv += [*shared, *(peft or ["--no-use_peft"])]
             record = harness.run_baseline("trl-ppo-example", argv, work / "logs" / f"{setup}.log")
         else:
             argv = ["--config", str(CONFIGS / "ppo.yaml"), "--model_name_or_path", DEFAULT_MODEL]

@@ -30,8 +30,6 @@ from bench.harness import CONFIGS, RESULTS
 
 TASKS = ("grpo", "rloo")
 SETUPS = ("trl-defaults", "trl", "ours")
-LORA = ["--use_peft", "--lora_r", "16", "--lora_alpha", "32", "--lora_dropout", "0.0"]
-LORA += ["--lora_target_modules", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 COMPLETIONS = 8  # per optimizer step, in every setup
 SHARED = ["--per_device_train_batch_size", str(COMPLETIONS), "--gradient_accumulation_steps", "1",
           "--num_generations", "4", "--max_completion_length", "48", "--temperature", "0.7", "--learning_rate", "3e-4",
@@ -45,7 +43,8 @@ def argv(task: str, setup: str, steps: int, data: str, model: str, reward: str, 
     if setup == "ours":
         return ["--config", str(CONFIGS / f"{task}.yaml"), "--model_name_or_path", model, "--reward_model_path",
                 reward, "--min_reward_accuracy", "0", *shared]  # fmt: skip
-    command = ["--model_name_or_path", model, "--reward_model_name_or_path", reward, *LORA, *shared]
+    lora = ["--use_peft", "--lora_dropout", "0.0", *harness.lora_argv(CONFIGS / f"{task}.yaml")]  # the same adapter
+    command = ["--model_name_or_path", model, "--reward_model_name_or_path", reward, *lora, *shared]
     if setup == "trl":  # the fair run: the recipes' precision and the shipped KL coefficient
         command += ["--bf16", str(bf16).lower(), "--beta", str(read_yaml(CONFIGS / f"{task}.yaml")["beta"])]
     return command + ["--use_cpu", "true"]

@@ -19,10 +19,12 @@ What TRL's example does, done the same way here:
 
 Where it departs from the example, for a like-for-like comparison with recipes/ppo.py: the prompts are the demo's
 chat prompts, tokenized by the same code (`rlhf_recipes.train.ppo.tokenize_prompts`), and the tokenizer pads with a token
-the model already has (TRL adds a new "[PAD]" for Pythia, which would sit outside SmolLM2's embedding matrix).
-The output folder is a temporary one, not removed-and-reused as in the example. On a machine without a GPU it sets
-`use_cpu`, as the example needs `--use_cpu` there (PPOConfig's default `bf16: true` refuses a CPU otherwise; TRL's
-PPOTrainer never autocasts, so the run is float32 either way).
+the model already has (TRL adds a new "[PAD]" for Pythia, which would sit outside SmolLM2's embedding matrix). With
+`--use_peft` the benches pass the LoRA shape of the setup they compare with (`--lora_r`, `--lora_alpha`,
+`--lora_target_modules`), so both train the same adapter. The output folder is a temporary one, not
+removed-and-reused as in the example. On a machine without a GPU it sets `use_cpu`, as the example needs `--use_cpu`
+there (PPOConfig's default `bf16: true` refuses a CPU otherwise; TRL's PPOTrainer never autocasts, so the run is
+float32 either way).
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--num_ppo_epochs", type=int, default=1)
     parser.add_argument("--num_sample_generations", type=int, default=10)
     parser.add_argument("--use_peft", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--lora_r", type=int, default=16, help="with --use_peft (TRL's ModelConfig default)")
+    parser.add_argument("--lora_alpha", type=int, default=32, help="with --use_peft (TRL's ModelConfig default)")
+    parser.add_argument(
+        "--lora_target_modules", nargs="+", default=None, help="with --use_peft (default: peft's, q_proj v_proj)"
+    )
     parser.add_argument("--output_dir", default=None, help="default: a temporary folder")
     return parser.parse_args(argv)
 
@@ -76,7 +83,10 @@ def main(argv: list[str] | None = None):
         save_strategy="no",
         use_cpu=not torch.cuda.is_available(),  # what `--use_cpu` does on a CPU machine (bf16's default needs it)
     )
-    model_args = ModelConfig(model_name_or_path=args.policy, use_peft=args.use_peft)
+    model_args = ModelConfig(
+        model_name_or_path=args.policy, use_peft=args.use_peft, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
+        lora_target_modules=args.lora_target_modules,
+    )  # fmt: skip
 
     # Model & tokenizer, as in the example
     tokenizer = load_tokenizer(args.policy, padding_side="left")

@@ -204,5 +204,46 @@ def test_the_rl_bench_gives_every_setup_the_same_work_and_parses_as_each_command
         for training, model in parsed.values():
             assert (training.per_device_train_batch_size, training.num_generations, training.max_completion_length,
                     training.max_steps, model.lora_r, model.use_peft) == (8, 4, 48, 4, 16, True)  # fmt: skip
+            assert model.lora_target_modules == parsed["ours"][1].lora_target_modules
+            assert model.lora_alpha == parsed["ours"][1].lora_alpha
         assert parsed["trl-defaults"][0].bf16 is True  # what a user typing `trl grpo` gets
         assert parsed["trl"][0].bf16 is False and parsed["trl"][0].beta == parsed["ours"][0].beta
+
+
+def test_the_ppo_bench_baseline_trains_the_same_adapter_as_ours(tmp_path):
+    """bench.speed and bench.ppo_memory give TRL's PPO example ppo.yaml's LoRA shape, not peft's q_proj/v_proj."""
+    from bench import speed, trl_ppo_example
+    from rlhf_recipes import stages
+
+    _, _, ours = stages.get("ppo").parse_args(
+        speed.ppo_argv("ours", "data", "model", "reward", tmp_path, 8), check_paths=False
+    )
+    theirs = trl_ppo_example.parse_args(speed.ppo_argv("trl-defaults", "data", "model", "reward", tmp_path, 8))
+    assert ours.use_peft and theirs.use_peft
+    assert (theirs.lora_r, theirs.lora_alpha) == (ours.lora_r, ours.lora_alpha)
+    assert theirs.lora_target_modules == ours.lora_target_modules and len(ours.lora_target_modules) == 7
+
+
+def test_the_speed_table_holds_ppo_to_its_speed_and_memory_targets():
+    def entry(speeds, rss):
+        return {"speed": harness.summarise(speeds), "runs": len(speeds), "peak_rss_mib": harness.summarise(rss),
+                "compute_dtype": "float32", "capped_steps": None}  # fmt: skip
+
+    results = {
+        "machine": {"cpu": "AMD EPYC", "cores": 2, "capability": "AVX2", "native_bf16": False,
+                    "chosen": {"dtype": "float32", "reason": "auto"}},  # fmt: skip
+        "matmul_gflops": {"float32": {"gflops": 90.0, "min": 90.0, "max": 90.0, "samples": 1, "size": 2048}},
+        "ppo": {"unit": "episodes/s", "same_as": {"trl": "trl-defaults"}, "commit": "abc",
+                "setups": {"trl-defaults": entry([0.1, 0.1], [1000, 1200]), "ours": entry([0.2, 0.3], [400, 600])}},
+        "data": {"ppo_prompts": 8},
+    }  # fmt: skip
+    results["ppo"]["setups"]["trl"] = results["ppo"]["setups"]["trl-defaults"]
+    for base in ("trl-defaults", "trl"):  # as run_task computes them, run by run
+        results["ppo"][f"ours_vs_{base}"] = harness.summarise([2.0, 3.0])
+        results["ppo"][f"ours_rss_vs_{base}"] = harness.summarise([0.4, 0.5])
+    table = speed.markdown(results)
+    assert "| ppo | episodes/s | 0.100 (0.100-0.100) | same run as TRL defaults | 0.250 (0.200-0.300) |" in table
+    assert "2.50 (2.00-3.00) | 2.50 (2.00-3.00) | 2.5x |" in table
+    assert "| ppo | peak RSS, MiB | 1100 (1000-1200) | 1100 (1000-1200) | 500 (400-600) | 0.45 (0.40-0.50) |" in table
+    assert table.rstrip().splitlines()[0].startswith("Machine: AMD EPYC")
+    assert "<= 0.5x |" in table
