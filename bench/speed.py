@@ -241,9 +241,15 @@ def main(argv: list[str] | None = None) -> dict:
         results[task] = run_task(task, args, task_plans[task], rates, work)
         results[task]["commit"] = harness.commit()
     results["matmul_gflops"] = rates.to_dict()
+    for task in tasks:
+        results[task] |= {"machine": machine, "matmul_gflops": results["matmul_gflops"]}
     out = Path(args.out)
     earlier = harness.read_json(out / "speed.json")
-    results = {**{k: v for k, v in earlier.items() if k in TASKS and k not in tasks}, **results}
+    kept = {k: v for k, v in earlier.items() if k in TASKS and k not in tasks}
+    for entry in kept.values():  # rows of an earlier run keep the machine that file named
+        entry.setdefault("machine", earlier.get("machine"))
+        entry.setdefault("matmul_gflops", earlier.get("matmul_gflops"))
+    results = {**kept, **results}
     harness.write_json(out / "speed.json", results)
     table = markdown(results)
     (out / "speed.md").write_text(table)
@@ -299,8 +305,28 @@ def _row(task: str, metric: str, cells: list[str], ratios: tuple[str, str] = (""
     return f"| {task} | {metric} | " + " | ".join([*cells, *ratios, target]) + " |"
 
 
+def _same_machine(a: dict | None, b: dict) -> bool:
+    keys = ("cpu", "cores", "capability", "native_bf16")
+    return a is None or all(a.get(key) == b.get(key) for key in keys)
+
+
+def _other_machines(results: dict) -> list[str]:
+    """A line per task measured on another machine than the header's (rows kept from an earlier run)."""
+    lines = []
+    for task in (
+        t for t in TASKS if t in results and not _same_machine(results[t].get("machine"), results["machine"])
+    ):
+        m, rate = results[task]["machine"], (results[task].get("matmul_gflops") or {}).get("float32", {})
+        lines.append(
+            f"{task} was measured on another machine: {m.get('cpu')}, {m.get('cores')} cores, CPU capability "
+            f"{m.get('capability')}, native bf16: {'yes' if m.get('native_bf16') else 'no'}, precision chosen "
+            f"{m.get('chosen', {}).get('dtype')}; float32 matmul {rate.get('gflops', 0):.0f} GFLOP/s there."
+        )
+    return lines + [""] if lines else []
+
+
 def markdown(results: dict) -> str:
-    lines = _header(results)
+    lines = _header(results) + _other_machines(results)
     lines += [
         "| task | metric | TRL defaults | TRL, precision for this machine | rlhf-recipes | "
         "ours / TRL defaults | ours / TRL | target |",
