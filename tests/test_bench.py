@@ -247,3 +247,9 @@ def test_the_speed_table_holds_ppo_to_its_speed_and_memory_targets():
     assert "| ppo | peak RSS, MiB | 1100 (1000-1200) | 1100 (1000-1200) | 500 (400-600) | 0.45 (0.40-0.50) |" in table
     assert table.rstrip().splitlines()[0].startswith("Machine: AMD EPYC")
     assert "<= 0.5x |" in table
+    assert "measured on another machine" not in table  # no machine of its own: the header's
+    results["ppo"]["machine"] = {**results["machine"], "capability": "AVX512", "native_bf16": True}
+    results["ppo"]["matmul_gflops"] = {"float32": {"gflops": 159.0}}
+    assert "ppo was measured on another machine: AMD EPYC, 2 cores, CPU capability AVX512, native bf16: yes" in (
+        speed.markdown(results)
+    )
