@@ -15,6 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the Hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
+# the suite's tolerances are float32's: `auto` takes every CPU, AVX512-BF16 ones too, as without native bf16
+os.environ.setdefault("RLHF_RECIPES_CPU_NATIVE_BF16", "0")
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,12 @@ from conftest import CONFIGS
 from rlhf_recipes import precision
 
 
+@pytest.fixture(autouse=True)
+def _detect_bf16_for_real(monkeypatch):
+    """These tests set the CPU's flags themselves: conftest's float32 pin would hide them."""
+    monkeypatch.delenv("RLHF_RECIPES_CPU_NATIVE_BF16", raising=False)
+
+
 def _cpu(monkeypatch, capability: str, flags: dict):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: flags)
