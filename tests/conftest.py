@@ -15,8 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the Hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
-# the suite's tolerances are float32's: `auto` takes every CPU, AVX512-BF16 ones too, as without native bf16
-os.environ.setdefault("RLHF_RECIPES_CPU_NATIVE_BF16", "0")
+# the suite's tolerances are float32's: `bf16: auto` computes in float32 on every CPU, AVX512-BF16 ones too
+os.environ.setdefault("RLHF_RECIPES_AUTO_BF16", "false")
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from rlhf_recipes import precision
 @pytest.fixture(autouse=True)
 def _detect_bf16_for_real(monkeypatch):
     """These tests set the CPU's flags themselves: conftest's float32 pin would hide them."""
-    monkeypatch.delenv("RLHF_RECIPES_CPU_NATIVE_BF16", raising=False)
+    monkeypatch.delenv(precision.AUTO_ENV, raising=False)
 
 
 def _cpu(monkeypatch, capability: str, flags: dict):
@@ -92,3 +92,16 @@ def test_the_shipped_configs_reach_trl_resolved(monkeypatch, native):
     assert ppo_args.bf16 is native and ppo_model.dtype == ("bfloat16" if native else "float32")
     _, off, _ = stages.get("sft").parse_args(["--config", str(configs / "sft.yaml"), "--bf16", "false"], False)
     assert off.bf16 is False and off.precision.requested == "false"
+
+
+def test_the_auto_override_sets_what_auto_chooses_and_keeps_the_hardware_true(monkeypatch):
+    """RLHF_RECIPES_AUTO_BF16 (the suite sets false) measures the float32 path on a CPU with native bf16."""
+    _cpu(monkeypatch, "AVX512", {"avx512_bf16": True})
+    monkeypatch.setenv(precision.AUTO_ENV, "false")
+    chosen = precision.resolve("auto")
+    assert chosen.bf16 is False and chosen.native_bf16 is True
+    assert chosen.reason == "auto -> float32 (RLHF_RECIPES_AUTO_BF16=false; cpu AVX512: native bf16)"
+    assert precision.resolve("true").bf16 is True  # an explicit setting still wins
+    monkeypatch.setenv(precision.AUTO_ENV, "maybe")
+    with pytest.raises(ValueError, match="RLHF_RECIPES_AUTO_BF16 must be true or false \\(got 'maybe'\\)"):
+        precision.resolve("auto")

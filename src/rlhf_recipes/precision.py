@@ -40,7 +40,7 @@ class Precision:
         return {**asdict(self), "dtype": self.dtype}
 
 
-CPU_BF16_ENV = "RLHF_RECIPES_CPU_NATIVE_BF16"
+AUTO_ENV = "RLHF_RECIPES_AUTO_BF16"  # true / false: what `bf16: auto` resolves to, whatever the machine has
 
 
 def _cuda_in_use(use_cpu: bool) -> bool:
@@ -58,8 +58,6 @@ def machine(use_cpu: bool = False) -> tuple[str, str, bool]:
         return "cuda", f"{torch.cuda.get_device_name()} (sm_{major}{minor})", bool(torch.cuda.is_bf16_supported())
     capabilities = torch.cpu.get_capabilities()
     native = any(capabilities.get(flag) for flag in _NATIVE_CPU_FLAGS)
-    override = os.environ.get(CPU_BF16_ENV)  # "0" or "1": what `auto` takes this CPU to have (tests pin float32)
-    native = native if override not in ("0", "1") else override == "1"
     return "cpu", torch.backends.cpu.get_cpu_capability(), native
 
 
@@ -77,6 +75,13 @@ def resolve(bf16="auto", use_cpu: bool = False) -> Precision:
     requested = _requested(bf16)
     device, capability, native = machine(use_cpu)
     hardware = f"{device} {capability}: {'native' if native else 'no native'} bf16"
+    if requested == "auto" and os.environ.get(AUTO_ENV):
+        try:
+            bf16 = _requested(os.environ[AUTO_ENV]) == "true"
+        except ValueError:
+            raise ValueError(f"{AUTO_ENV} must be true or false (got {os.environ[AUTO_ENV]!r})") from None
+        reason = f"auto -> {'bf16' if bf16 else 'float32'} ({AUTO_ENV}={os.environ[AUTO_ENV]}; {hardware})"
+        return Precision(bf16, requested, device, capability, native, reason)
     if requested == "auto":
         reason = f"auto -> {'bf16' if native else 'float32'} ({hardware})"
         return Precision(native, requested, device, capability, native, reason)
