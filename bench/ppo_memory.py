@@ -88,8 +88,11 @@ def main(argv: list[str] | None = None) -> dict:
         if setup in TRL:
             argv = ["--policy", policy, "--reward", reward, "--dataset", "data/demo/prompts"]
             argv += ["--num_sample_generations", "0", "--num_ppo_epochs", "2", "--output_dir", str(output_dir)]
-            peft = ["--use_peft", *harness.lora_argv(CONFIGS / "ppo.yaml")] if setup.endswith("-peft") else []
-            argv += [*shared, *(peft or ["--no-use_peft"])]
+            peft = setup.endswith("-peft")
+            argv += [
+                *shared,
+                *(["--use_peft", *harness.lora_argv(CONFIGS / "ppo.yaml")] if peft else ["--no-use_peft"]),
+            ]
             record = harness.run_baseline("trl-ppo-example", argv, work / "logs" / f"{setup}.log")
         else:
             argv = ["--config", str(CONFIGS / "ppo.yaml"), "--model_name_or_path", DEFAULT_MODEL]

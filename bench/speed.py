@@ -105,6 +105,12 @@ def _setup_result(records: list[dict], capped_steps: int | None, examples: int, 
     return entry
 
 
+def paired_ratio(setups: dict, base: str, key: str) -> dict | None:
+    """Ours over `base` for `key`, run by run (round k of ours against round k of base), summarised."""
+    pairs = zip(setups["ours"][key]["runs"], setups[base][key]["runs"])
+    return harness.summarise([ours / theirs for ours, theirs in pairs])
+
+
 def run_task(task: str, args, plan: dict, rates: roofline.Rates, work: Path) -> dict:
     """Every setup of one task, interleaved; per setup the speeds, dtype, steps, peak RSS and roofline fraction."""
     unit = plan["unit"]
@@ -139,10 +145,8 @@ def run_task(task: str, args, plan: dict, rates: roofline.Rates, work: Path) -> 
     result = {"unit": unit, "per_run": plan["per_run"], "same_as": plan["same_as"], "setups": setups}
     for base in ("trl-defaults", "trl"):
         if "ours" in setups and base in setups:
-            pairs = zip(setups["ours"]["speed"]["runs"], setups[base]["speed"]["runs"])
-            result[f"ours_vs_{base}"] = harness.summarise([ours / theirs for ours, theirs in pairs])
-            pairs = zip(setups["ours"]["peak_rss_mib"]["runs"], setups[base]["peak_rss_mib"]["runs"])
-            result[f"ours_rss_vs_{base}"] = harness.summarise([ours / theirs for ours, theirs in pairs])
+            result[f"ours_vs_{base}"] = paired_ratio(setups, base, "speed")
+            result[f"ours_rss_vs_{base}"] = paired_ratio(setups, base, "peak_rss_mib")
     if plan.get("flops_per_token"):
         result["flops_per_token"] = plan["flops_per_token"]
     return result

@@ -239,8 +239,8 @@ def test_the_speed_table_holds_ppo_to_its_speed_and_memory_targets():
     }  # fmt: skip
     results["ppo"]["setups"]["trl"] = results["ppo"]["setups"]["trl-defaults"]
     for base in ("trl-defaults", "trl"):  # as run_task computes them, run by run
-        results["ppo"][f"ours_vs_{base}"] = harness.summarise([2.0, 3.0])
-        results["ppo"][f"ours_rss_vs_{base}"] = harness.summarise([0.4, 0.5])
+        results["ppo"][f"ours_vs_{base}"] = speed.paired_ratio(results["ppo"]["setups"], base, "speed")
+        results["ppo"][f"ours_rss_vs_{base}"] = speed.paired_ratio(results["ppo"]["setups"], base, "peak_rss_mib")
     table = speed.markdown(results)
     assert "| ppo | episodes/s | 0.100 (0.100-0.100) | same run as TRL defaults | 0.250 (0.200-0.300) |" in table
     assert "2.50 (2.00-3.00) | 2.50 (2.00-3.00) | 2.5x |" in table
