@@ -19,6 +19,12 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 os.environ.setdefault("RLHF_RECIPES_AUTO_BF16", "false")
 
 
+@pytest.fixture
+def auto_from_hardware(monkeypatch):
+    """For tests that simulate a machine's bf16 support: `auto` follows the (simulated) hardware, not the pin."""
+    monkeypatch.delenv("RLHF_RECIPES_AUTO_BF16", raising=False)
+
+
 @pytest.fixture(scope="session")
 def embedded_model_path() -> Path:
     """The embedded SmolLM2-135M-Instruct converted to safetensors (once per machine; about 40 s the first time)."""

@@ -302,6 +302,7 @@ def _machine(native: bool):
     return lambda use_cpu=False: ("cpu", "AMX" if native else "AVX2", native)
 
 
+@pytest.mark.usefixtures("auto_from_hardware")
 @pytest.mark.parametrize("native", [True, False])
 def test_plan_uses_the_precision_resolved_for_the_machine(native, monkeypatch):
     from rlhf_recipes import precision

@@ -14,11 +14,7 @@ from conftest import CONFIGS
 
 from rlhf_recipes import precision
 
-
-@pytest.fixture(autouse=True)
-def _detect_bf16_for_real(monkeypatch):
-    """These tests set the CPU's flags themselves: conftest's float32 pin would hide them."""
-    monkeypatch.delenv(precision.AUTO_ENV, raising=False)
+pytestmark = pytest.mark.usefixtures("auto_from_hardware")  # these tests set the machine's flags themselves
 
 
 def _cpu(monkeypatch, capability: str, flags: dict):
