@@ -147,6 +147,7 @@ def test_lora_merge_matches_base_plus_adapter_and_a_bad_merge_fails(tmp_path, sf
     assert check["max_abs_logit_diff"] < 1e-4 and check["greedy_identical"] == check["prompts"] == 4
     assert check["adapter_effect"] > 100 * check["max_abs_logit_diff"]  # so the check can tell a lost adapter apart
     assert check["quantized_base_diff"] is None
+    assert check["allowed"] == pytest.approx(1e-4 * max(1.0, check["adapter_effect"]))  # rounding scales with it
     broken = tmp_path / "broken"
     shutil.copytree(merged, broken)
     weights = load_file(str(broken / "model.safetensors"))
