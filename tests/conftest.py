@@ -39,9 +39,8 @@ def tokenizer_path(embedded_model_path) -> Path:
     return embedded_model_path
 
 
-@pytest.fixture(scope="session")
-def tiny_model_path(tmp_path_factory, embedded_model_path) -> Path:
-    """A 2-layer randomly initialised Llama with SmolLM2's tokenizer: trains in seconds.
+def build_tiny_model(folder: Path, embedded_model_path: Path) -> Path:
+    """A 2-layer randomly initialised Llama with SmolLM2's tokenizer, the same weights on every run (seed 0).
 
     Hidden size 64 is the smallest that bitsandbytes' CPU 4-bit kernels take (one 64-value quantization block).
     """
@@ -62,7 +61,6 @@ def tiny_model_path(tmp_path_factory, embedded_model_path) -> Path:
         )
     )
     model = AutoModelForCausalLM.from_config(config)
-    folder = tmp_path_factory.mktemp("tiny-smollm2")
     model.config.name_or_path = "tiny-smollm2"
     model.generation_config.pad_token_id = config.pad_token_id
     model.generation_config.eos_token_id = config.eos_token_id
@@ -71,6 +69,12 @@ def tiny_model_path(tmp_path_factory, embedded_model_path) -> Path:
         if (embedded_model_path / name).is_file():
             shutil.copy(embedded_model_path / name, folder / name)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory, embedded_model_path) -> Path:
+    """A 2-layer randomly initialised Llama with SmolLM2's tokenizer: trains in seconds."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-smollm2"), embedded_model_path)
 
 
 @pytest.fixture(scope="session")
