@@ -5,7 +5,8 @@
 # make rounds: after make demo, two feedback rounds: 4 answers per new prompt sampled from the last policy, ranked by
 #              the simulated labeller, the reward model and PPO trained again; every round side by side
 #              (outputs/smollm2-135m/rounds-eval/report.md). With people: see README, "Feedback rounds"
-# make label: the ranking page for people, on http://127.0.0.1:7860 (round 1 of outputs/smollm2-135m/feedback.sqlite)
+# make label: after make demo, 4 answers to each of 32 prompts sampled from its PPO policy (round 1 of
+#             outputs/smollm2-135m/feedback.sqlite), then the ranking page for people on http://127.0.0.1:7860
 # make test:  the fast CPU test suite on a tiny random model
 # Benches (python -m bench.<name>; each run a fresh process; results in bench/results/; need a quiet machine):
 # make bench:            SFT, reward and PPO side by side with plain TRL: tokens/s, roofline of the precision used,
@@ -41,7 +42,8 @@ compare-rl: setup
 rounds: setup
 	$(BIN)/python recipes/pipeline.py --config configs/smollm2-135m/rounds.yaml
 
-label: setup
+label: setup  # round 1's answers sampled from the demo's policy first (a rerun adds only what is missing)
+	$(BIN)/python recipes/collect.py --config configs/smollm2-135m/collect.yaml --round 1
 	$(BIN)/python recipes/label.py --config configs/smollm2-135m/label.yaml
 
 test: setup

@@ -14,26 +14,29 @@ export writes every ranking's C(K,2) pairs (ties skipped), grouped by prompt, wi
 """
 
 from rlhf_recipes import cli
-from rlhf_recipes.feedback.config import LabelArguments
+from rlhf_recipes.feedback.config import LabelArguments, check_heldout
 from rlhf_recipes.feedback.export import write_pairs
 from rlhf_recipes.feedback.store import Store
 
 
 def main(args: LabelArguments) -> dict:
-    store = Store(args.store)
+    check_heldout(args.heldout_pairs)  # before anyone ranks: the export at the end reads it
+    store = Store(args.store, create=False)  # a store that does not exist has nothing to rank: one sentence
+    if (args.wait or args.ranker != "human") and not store.prompt_ids(args.round):
+        raise cli.UserError(
+            f"round {args.round} of {store.url} holds no answers to rank; collect them first (python "
+            f"recipes/collect.py --config configs/smollm2-135m/collect.yaml --round {args.round}), or check --round."
+        )
     if args.ranker == "human" and args.wait:  # the page, until every prompt of the round is ranked
-        from rlhf_recipes.feedback.app import serve
+        from rlhf_recipes.feedback.app import parse_logins, serve
 
-        bad = [pair for pair in args.login if ":" not in pair or pair.startswith(":")]
-        if bad:
-            raise cli.UserError(f"login: {bad[0]!r} must be name:password (one --login per labeller).")
-        auth = [tuple(pair.split(":", 1)) for pair in args.login]
-        serve(store, args.round, host=args.host, port=args.port, per_prompt=args.per_prompt, auth=auth or None,
-              until_done=True)  # fmt: skip
+        serve(store, args.round, host=args.host, port=args.port, per_prompt=args.per_prompt,
+              auth=parse_logins(args.login) or None, until_done=True)  # fmt: skip
     elif args.ranker != "human":
         from rlhf_recipes.feedback.rankers import load_ranker, rank_round
 
         ranker = load_ranker(args.ranker, args.noise, args.seed, args.reward_model_in_training)
+        store.check_usable()  # damaged, read-only or full: one sentence before any ranking
         print(f"round {args.round}, {ranker.name}: {rank_round(store, ranker, args.round)}")
     rounds = args.export_rounds or list(range(1, args.round + 1))
     report = write_pairs(store, rounds, args.output_dir, args.heldout_pairs)

@@ -13,30 +13,37 @@ from pathlib import Path
 from huggingface_hub import get_token
 
 from rlhf_recipes import cli
-from rlhf_recipes.models import read_lineage, resolve_model_path
-from rlhf_recipes.publish import cards, hub
+from rlhf_recipes.models import resolve_model_path
+from rlhf_recipes.publish import cards, hub, inputs
 from rlhf_recipes.publish.hub import PublishArguments
 
 
 def main(args: PublishArguments) -> dict:
-    # Model: a finished stage output (its lineage.json is written last)
-    if not args.model_path or read_lineage(args.model_path) is None:
-        raise cli.UserError(
-            f"model_path={args.model_path} is not a finished stage output (no lineage.json); give the "
-            "output_dir of a recipe run, e.g. outputs/smollm2-135m/ppo."
-        )
+    # Model: a finished stage output (its lineage.json is written last), its files whole, before anything loads
+    lineage = inputs.read_stage_lineage(args.model_path or "")
     if not args.dry_run and not args.hub_model_id:
         raise cli.UserError("hub_model_id is not set; pass --hub_model_id you/model-name, or --dry_run to only stage.")
-    lineage, token = read_lineage(args.model_path), get_token()  # the token only to keep it out of what is written
+    inputs.check_model_folder(args.model_path)
+    token = get_token()  # only to keep it out of what is written
     has_adapter = (Path(args.model_path) / "adapter_config.json").is_file()
     output_dir = args.output_dir or args.model_path.rstrip("/") + "-publish"
+    hub.check_staging(output_dir, args.overwrite)  # a folder publish did not stage is refused now, not after the merge
+    prompts = inputs.read_prompts(args.parity_prompts, args.parity_samples) if has_adapter and args.merge else None
+
+    # Card inputs: evaluation results, data report and plots (the first two optional: the card says when absent)
+    evaluation = cards.load_evaluation(args.eval_path)
+    data_report = cards.load_data_report(args.data_report_path)
+    missing = [p for p in args.plots if not Path(p).is_file()]
+    if missing or len({Path(p).name for p in args.plots}) < len(args.plots):
+        raise cli.UserError(
+            f"plots must be existing PNG files with distinct names; check {', '.join(missing or args.plots)}."
+        )
 
     # Merge: the adapter folded into its float32 base (cached by models.resolve_model_path), checked on held-out
     # prompts against base + adapter on that same base; without merge, an adapter must name a base others can load
     source, published, merge_check, adapter_base_id = args.model_path, "adapter" if has_adapter else "full", None, None
     if has_adapter and args.merge:
         source, published = resolve_model_path(args.model_path), "merged"
-        prompts = hub.read_prompts(args.parity_prompts, args.parity_samples)
         merge_check = hub.check_merge(
             args.model_path, source, prompts, args.merge_tolerance, args.parity_max_new_tokens
         )
@@ -48,15 +55,6 @@ def main(args: PublishArguments) -> dict:
                 f"merge: false publishes only the adapter, but its base {lineage['model_name_or_path']} "
                 "is a local folder nobody else can load; set merge: true."
             )
-
-    # Card inputs: evaluation results, data report and plots (the first two optional: the card says when absent)
-    evaluation = cards.load_evaluation(args.eval_path)
-    data_report = cards.load_data_report(args.data_report_path)
-    missing = [p for p in args.plots if not Path(p).is_file()]
-    if missing or len({Path(p).name for p in args.plots}) < len(args.plots):
-        raise cli.UserError(
-            f"plots must be existing PNG files with distinct names; check {', '.join(missing or args.plots)}."
-        )
 
     # Stage: model files, plots, data report, lineage, manifest and card, in a temporary folder renamed into place
     model_name = (args.hub_model_id or "-".join(Path(args.model_path).resolve().parts[-2:])).split("/")[-1]

@@ -285,10 +285,10 @@ def test_openassistant_trees_and_ranking_datasets_import_into_the_store(tmp_path
     ]  # fmt: skip
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "p", "responses": ["a", "b"], "ranks": [1]}) + "\n")
-    with pytest.raises(UserError, match="row 1: 2 responses but 1 ranks"):
+    with pytest.raises(UserError, match="bad.jsonl line 1: 2 responses but 1 ranks"):
         importers.import_rankings(store, str(bad), "ranking", 3)
     bad.write_text(json.dumps({"prompt": "p", "responses": ["a", "b"], "ranks": ["best", "worst"]}) + "\n")
-    with pytest.raises(UserError, match="row 1: ranks must be whole numbers"):
+    with pytest.raises(UserError, match=r"bad.jsonl line 1: rank 1 must be a whole number .* not 'best'"):
         importers.import_rankings(store, str(bad), "ranking", 3)
 
 

@@ -24,7 +24,7 @@ from test_stages import run_stage
 from rlhf_recipes import stages
 from rlhf_recipes.cli import UserError
 from rlhf_recipes.models import read_lineage, resolve_model_path
-from rlhf_recipes.publish import cards, hub
+from rlhf_recipes.publish import cards, hub, inputs
 
 TOKEN = "hf_rlhfRecipesTestToken0123456789abcdef"  # a fake token: every test that writes files looks for it
 PUBLISH_YAML = CONFIGS / "publish.yaml"
@@ -136,7 +136,7 @@ def test_evaluation_file_without_the_contract_fields_is_one_sentence(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ merge parity
 def held_out_prompts(count=4):
-    return hub.read_prompts(str(DEMO / "qa" / "test.jsonl"), count)
+    return inputs.read_prompts(str(DEMO / "qa" / "test.jsonl"), count)
 
 
 def test_lora_merge_matches_base_plus_adapter_and_a_bad_merge_fails(tmp_path, sft_lora):

@@ -17,17 +17,48 @@ class UserError(Exception):
 RESUMES = "rerun the same command: a training stage resumes from its last complete checkpoint"
 
 
-def environment_error(error: OSError) -> str | None:
-    """One sentence for a fault of the machine rather than of the code (full disk, read-only or forbidden path)."""
+# What libraries that are not Python say for a full disk: the tokenizers library raises a plain Exception ("No space
+# left on device (os error 28)"), safetensors a SafetensorError, SQLite "database or disk is full", and torch.save an
+# enforce failure of its zip writer that names no errno at all.
+_FULL_DISK = ("no space left on device", "(os error 28)", "[errno 28]", "database or disk is full")
+_QUOTA = ("disk quota exceeded", "(os error 122)", "[errno 122]")
+_TORCH_WRITE = ("inline_container.cc", ("unexpected pos", "file write failed"))
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """The error and those it was raised from or during, innermost last (a cycle is cut)."""
+    out = []
+    while error is not None and error not in out:
+        out.append(error)
+        error = error.__cause__ or error.__context__
+    return out
+
+
+def environment_error(error: BaseException) -> str | None:
+    """One sentence for a fault of the machine rather than of the code (full disk, read-only or forbidden path), from
+    an OSError anywhere in the chain or from what a non-Python library says; None for anything else (a bug)."""
     import errno
 
-    where = f" ({error.filename})" if getattr(error, "filename", None) else ""
-    if error.errno == errno.ENOSPC:
-        return f"the disk is full{where}; free some space and {RESUMES}."
-    if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return f"cannot write{where}: {error.strerror.lower()}; choose a writable output folder and rerun."
-    if error.errno == errno.EDQUOT:
-        return f"the disk quota is exceeded{where}; free some space and {RESUMES}."
+    for link in _chain(error):
+        if not isinstance(link, OSError) or link.errno is None:
+            continue
+        where = f" ({link.filename})" if getattr(link, "filename", None) else ""
+        if link.errno == errno.ENOSPC:
+            return f"the disk is full{where}; free some space and {RESUMES}."
+        if link.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return f"cannot write{where}: {link.strerror.lower()}; choose a writable output folder and rerun."
+        if link.errno == errno.EDQUOT:
+            return f"the disk quota is exceeded{where}; free some space and {RESUMES}."
+    said = " ".join(" ".join(str(link).split()) for link in _chain(error))
+    text = said.lower()
+    if any(words in text for words in _FULL_DISK):
+        return f"the disk is full ({said[:160]}); free some space and {RESUMES}."
+    if any(words in text for words in _QUOTA):
+        return f"the disk quota is exceeded ({said[:160]}); free some space and {RESUMES}."
+    if _TORCH_WRITE[0] in text and any(words in text for words in _TORCH_WRITE[1]):
+        return (
+            f"writing a PyTorch file failed ({said[:160]}), most likely on a full disk; free some space and {RESUMES}."
+        )
     return None
 
 
@@ -43,7 +74,7 @@ def run(main: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         print(f"error: interrupted (Ctrl-C); nothing unfinished was marked done; {RESUMES}.", file=sys.stderr)
         sys.exit(130)
-    except OSError as error:
+    except Exception as error:  # a machine fault says so in many forms (environment_error); anything else is a bug
         message = environment_error(error)
         if message is None:
             raise
@@ -88,7 +119,7 @@ def parse_config(
 
     dataclass_types = tuple(dataclass_types)
     hints = flat_hints(dataclass_types)
-    parsed, where = load_flat(dataclass_types, args, resolve=resolve)
+    parsed, where = load_flat(dataclass_types, args, resolve=resolve, stage=stage)
     if "precision" in chosen:
         if check_paths:  # a run, not a check of a config (the pipeline and the planner parse without running)
             precision_module.log_choice(chosen["precision"])

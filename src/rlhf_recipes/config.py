@@ -25,6 +25,11 @@ from typing import Literal
 from .cli import UserError, suggest
 
 
+def help_field(text: str, **kwargs):
+    """A dataclass field with its `--help` text (every config dataclass of the project declares its keys so)."""
+    return dataclasses.field(metadata={"help": text}, **kwargs)
+
+
 class Text(str):
     """A value typed on the command line: converted by the type of the field it lands in, not guessed."""
 
@@ -271,12 +276,17 @@ def build(cls, data, key: str, where: Origin):
         raise UserError(f"invalid {key or 'configuration'} {where(key)}: {error}") from None
 
 
-def load_nested(cls, argv: list[str] | None = None, path: str | None = None, prepare=None):
+def load_nested(cls, argv: list[str] | None = None, path: str | None = None, prepare=None, stage=None, extra=""):
     """A nested config (data preparation, pipeline) from `--config FILE` (or `path`) and dotted overrides.
 
-    `prepare(raw, where)` may rewrite the raw tree before it is built (e.g. spread shared defaults).
+    `prepare(raw, where)` may rewrite the raw tree before it is built (e.g. spread shared defaults). `--help` prints
+    the stage's help (`usage.py`; `extra`: its own options) and exits.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    from . import usage
+
+    if usage.requested(argv):
+        usage.print_and_exit(stage, (cls,), argv, extra)
     config_path, overrides = split_argv(argv)
     config_path = path or config_path
     if config_path is None:
@@ -307,30 +317,35 @@ def _takes_bool(tp) -> bool:
     return tp is bool or bool in typing.get_args(tp)
 
 
-def load_flat(dataclass_types, argv: list[str] | None = None, resolve=None) -> tuple[tuple, Origin]:
+def load_flat(dataclass_types, argv: list[str] | None = None, resolve=None, stage=None) -> tuple[tuple, Origin]:
     """Flat configs (TRL's dataclasses) from `--config FILE` and `--key VALUE` overrides, one instance per type.
 
     Every key is checked against the union of the dataclasses' fields; `resolve(values, where)` may first replace
     project-level values (`bf16: auto`); then every value is coerced by its field's type and the dataclasses are built
-    by `HfArgumentParser.parse_dict`, whose own checks (`__post_init__`) become one sentence too.
+    by `HfArgumentParser.parse_dict`, whose own checks (`__post_init__`) become one sentence too. `--help` (and
+    `--help-all`) print the help of `stage` (`usage.py`) and exit.
     """
     from transformers import HfArgumentParser
 
+    from . import usage
+
     dataclass_types = tuple(dataclass_types)
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--help" in argv or "-h" in argv:
-        HfArgumentParser(dataclass_types).print_help()
-        raise SystemExit(0)
+    if usage.requested(argv):
+        usage.print_and_exit(stage, dataclass_types, argv)
     config_path, overrides = split_argv(argv)
     raw = read_yaml(config_path) if config_path else {}
     hints = flat_hints(dataclass_types)
     where = Origin(config_path, {key for key, _ in overrides})
-    merged = dict(raw)
+    merged, given = dict(raw), set()
     for key, value in overrides:
         if key not in hints:
             raise UserError(f"unknown key '{key}' on the command line{suggest(str(key), sorted(hints))}")
         if value is True and not _takes_bool(hints[key]):
             raise UserError(f"--{key} needs a value on the command line ({describe(hints[key])}).")
+        if key in given and typing.get_origin(hints[key]) is list:  # `--login a:x --login b:y`: every one counts
+            value = [item for v in (merged[key], value) for item in (v if isinstance(v, list) else [v])]
+        given.add(key)
         merged[key] = value
     for key in merged:
         if key not in hints:

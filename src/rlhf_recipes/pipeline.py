@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import string
 import sys
@@ -27,6 +28,13 @@ from .config import Origin, Text, build, read_yaml, split_argv
 from .models import DEFAULT_MODEL
 
 MANIFEST = "pipeline_manifest.json"
+OPTIONS = """\
+options of a run (beside the keys below):
+  --STAGE.KEY VALUE      one key of one stage's YAML, by its name (--sft.learning_rate 1e-4); or --set STAGE.KEY=VALUE
+  --stages a,b           run only these stages; --force reruns them even when unchanged
+  --rl ALGO[,ALGO]       the RL algorithm(s) a `stage: rl` entry runs (ppo, grpo, rloo, online_dpo, dpo)
+  --continue true        go on with the rankings saved so far (feedback rounds)
+A stage's `config:` is relative to the pipeline YAML's own folder."""
 PLACEHOLDERS = ("output_dir", "model")
 RUN_OPTIONS = ("stages", "force", "continue")  # command-line options of a run, not config keys
 
@@ -153,7 +161,11 @@ def parse_argv(argv: list[str] | None = None) -> tuple[PipelineConfig, dict]:
     """The pipeline config from `--config FILE` and overrides: `--output_dir`, `--model`, `--precision` for the
     pipeline, `--STAGE.KEY VALUE` (or `--set STAGE.KEY=VALUE`) for one key of one stage, plus the run options
     `--stages a,b` and `--force`. Every stage's command is then parsed as its recipe will parse it."""
+    from . import usage
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    if usage.requested(argv):
+        usage.print_and_exit(stages.get("pipeline"), (PipelineConfig,), argv, OPTIONS)
     path, overrides = split_argv(argv)
     if path is None:
         raise UserError(
@@ -178,8 +190,13 @@ def parse_argv(argv: list[str] | None = None) -> tuple[PipelineConfig, dict]:
     if isinstance(top.get("rl"), str):
         top["rl"] = [name.strip() for name in top["rl"].split(",") if name.strip()]
     config = build(PipelineConfig, {**raw, **top}, "", where)
-    if ("rl" in raw or "rl" in top) and not any(run.stage == "rl" for run in config.stages + config.each_round):
+    has_rl = any(run.stage == "rl" for run in config.stages + config.each_round)
+    if ("rl" in raw or "rl" in top) and not has_rl:
         raise UserError(f"{path} sets rl: but has no `stage: rl` entry to run it; add one (see pipeline.yaml).")
+    if has_rl and not config.rl:  # `--rl ,` or `rl: []`: the `stage: rl` entry would run nothing, silently
+        raise UserError(
+            f"rl {where('rl')} names no RL algorithm; name one or more of {', '.join(stages.names('rl'))}."
+        )
     from .feedback.rounds import expand_rounds
 
     expand_rounds(config, path)
@@ -194,9 +211,7 @@ def parse_argv(argv: list[str] | None = None) -> tuple[PipelineConfig, dict]:
         if run.name in by_name:
             raise UserError(f"{path} has two stages named '{run.name}'; give one a `name:`.")
         by_name[run.name] = run
-        run.config = _fill(run.config, variables, label)
-        if run.config and not Path(run.config).is_file():
-            raise UserError(f"{label} names config {run.config}, which does not exist.")
+        run.config = _stage_config(_fill(run.config, variables, label), path, label)
         run.output = _fill(run.output or "{output_dir}/" + run.name, variables, label)
         run.args = {k: _fill(v, variables, f"{label}, args.{k}") for k, v in run.args.items()}
     for dotted, value in stage_overrides:
@@ -216,6 +231,20 @@ def parse_argv(argv: list[str] | None = None) -> tuple[PipelineConfig, dict]:
     for run in config.stages:
         check_command(config, run)
     return config, {"only": only or None, "force": _true(options["force"])}
+
+
+def _stage_config(config: str | None, pipeline_path: str, label: str) -> str | None:
+    """A stage's YAML as the pipeline names it, relative to the pipeline YAML's own folder (so a copied folder of
+    configs runs from anywhere); an absolute path as it is."""
+    if config is None:
+        return None
+    resolved = Path(pipeline_path).parent / Path(config).expanduser()
+    if not resolved.is_file():
+        hint = ""
+        if Path(config).is_file():  # relative to the current folder: the old way, said rather than guessed
+            hint = f"; stage configs are relative to the pipeline YAML's folder, so write {Path(config).name}"
+        raise UserError(f"{label} names config {config}, which does not exist in {resolved.parent}{hint}.")
+    return str(resolved)
 
 
 def _true(value) -> bool:
@@ -318,6 +347,8 @@ def run_pipeline(config: PipelineConfig, only: list[str] | None = None, force: b
     output_dir = Path(config.output_dir)
     if output_dir.exists():
         fs.check_output_folder(output_dir, "output_dir", "of the pipeline", what="pipeline")
+    run_id = os.environ[fs.RUN_ENV] = fs.pipeline_run(output_dir)  # every stage's marker names this run (fs.py)
+    fs.claim(output_dir, "pipeline", run_id)
     manifest = Manifest(output_dir)
     clock = PipelineClock(config, only, manifest)
     from .launcher import StageProcesses, warm_launcher_usable
@@ -327,6 +358,7 @@ def run_pipeline(config: PipelineConfig, only: list[str] | None = None, force: b
         return _run_stages(config, only, force, manifest, clock, processes)
     finally:
         processes.close()
+        os.environ.pop(fs.RUN_ENV, None)
 
 
 def _run_stages(config, only, force, manifest, clock, processes) -> list[dict]:

@@ -41,8 +41,15 @@ RULES = {
             "samples_per_prompt",
             "num_side_by_side",
             "bootstrap_samples",
+            "k",  # collect: answers per prompt
+            "prompts_per_round",
+            "round",  # collect and label: rounds count from 1
+            "per_prompt",  # label: people who rank each prompt
         )
     },
+    "port": (lambda v: 1 <= v <= 65535, "must be a port number from 1 to 65535"),
+    "noise": (lambda v: 0 <= v <= 1, "must be a share between 0 and 1"),
+    "export_rounds": (lambda v: all(r >= 1 for r in v), "must list rounds numbered from 1"),
     "lora_alpha": (lambda v: v > 0, "must be a positive number"),
     "max_steps": (lambda v: v == -1 or v >= 1, "must be -1 (train by epochs) or a positive number of steps"),
     "num_train_epochs": (lambda v: v > 0, "must be above 0 (a stage that trains no step learns nothing)"),
@@ -102,6 +109,24 @@ def check_values(parsed: tuple, origin=None) -> None:
             )
 
 
+RERUN = "rerun the stage that made it (it resumes from its last checkpoint)"
+
+
+def read_json(path: Path, what: str) -> dict:
+    """A JSON object from a file a stage wrote, or one sentence: missing, unreadable, not JSON, or not an object."""
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing, so {what} cannot be read; {RERUN}.") from None
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise UserError(f"{path} is not valid JSON ({error}), so {what} cannot be read; {RERUN}.") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} holds a JSON {type(data).__name__}, not the object {what} is; {RERUN}.")
+    return data
+
+
 def producing_stage_hint(path: str) -> str:
     """ "run the sft stage first" when a missing folder is named like a stage's output."""
     from . import stages
@@ -119,16 +144,29 @@ def check_model(value: str | None, key: str, kind: str | tuple[str, ...], where:
     from huggingface_hub import constants
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    from .models import EMBEDDED_PREFIX, require_kind
+    from .models import CAUSAL_LM, EMBEDDED_PREFIX, require_kind
 
     if not value:
         raise UserError(f"`{key}` is not set {where}; give a Hub id, a folder, or embedded:SmolLM2-135M-Instruct.")
-    if value.startswith(EMBEDDED_PREFIX):
+    if value.startswith(EMBEDDED_PREFIX):  # the embedded models are causal LMs: never a reward model
+        accepted = (kind,) if isinstance(kind, str) else tuple(kind)
+        if CAUSAL_LM not in accepted:
+            raise UserError(
+                f"{key}={value} {where} is a causal language model, but this stage needs a reward model (the output "
+                "folder of recipes/reward.py)."
+            )
         return
     path = Path(value).expanduser()
     if path.exists():
         if path.is_dir() and not any(path.iterdir()):
             raise UserError(f"{key}={value} {where} is an empty folder{producing_stage_hint(value)}.")
+        for name, what in (
+            ("lineage.json", "its lineage"),
+            ("adapter_config.json", "its adapter"),
+            ("config.json", "its configuration"),
+        ):
+            if (path / name).is_file():  # what tells the model's kind: damaged, it is one sentence here
+                read_json(path / name, f"{key}'s {what}")
         require_kind(str(path), kind, key)
         return
     try:
@@ -154,9 +192,15 @@ def check_paths(stage, parsed: tuple, origin=None) -> None:
 
     for key, kind in stage.model_keys.items():
         config = next((c for c in parsed if hasattr(c, key)), None)
-        if config is not None:
+        if config is not None and not getattr(config, "import_path", None):  # collect imports: it reads no model
             check_model(getattr(config, key), key, kind, origin(key) if origin else "")
     config = next((c for c in parsed if hasattr(c, stage.output_key)), None)
     if config is not None and getattr(config, stage.output_key):
         key = stage.output_key
-        fs.check_output_folder(getattr(config, key), key, origin(key) if origin else "", what=stage.name)
+        output = fs.check_output_folder(getattr(config, key), key, origin(key) if origin else "", what=stage.name)
+        store = getattr(config, "store", None)  # the feedback loop's comparison store: never inside a replaced folder
+        if store and "://" not in store and Path(store).expanduser().resolve().is_relative_to(output.resolve()):
+            raise UserError(
+                f"store={store} lies inside {key}={output}, which this stage replaces when it finishes; keep the "
+                f"store outside it (e.g. {output.parent / 'feedback.sqlite'})."
+            )

@@ -21,6 +21,7 @@ import fastapi
 import gradio as gr
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from ..cli import UserError
 from .store import HUMAN, Rejected, Store, Task
@@ -30,6 +31,24 @@ LETTERS = "ABCDEFGHI"  # one digit key per answer: at most 9 answers a prompt
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 KEYS_HELP = "Ranks of A, B, C… as digits, best = 1, ties share a digit (2143, 1122); s skip, f unsafe, b back; Enter"
 FOCUS_KEYS = "() => { const box = document.querySelector('#keys textarea, #keys input'); if (box) box.focus(); }"
+MAX_BODY = 256 * 1024  # bytes a request may send: a ranking is ~100, the page's largest event a few thousand
+
+
+def parse_logins(pairs: list[str]) -> list[tuple[str, str]]:
+    """`name:password` strings (one `--login` each) as (name, password) pairs; every one is honoured, and an empty
+    name or password, or a name given twice, is one sentence."""
+    logins = []
+    for pair in pairs:
+        name, colon, password = pair.partition(":")
+        if not colon or not name.strip() or not password:
+            raise UserError(
+                f"login {pair!r} must be name:password with neither part empty (one --login per labeller, e.g. "
+                "--login alice:secret --login bob:pw)."
+            )
+        if name in dict(logins):
+            raise UserError(f"login: the name {name!r} is given twice; give each labeller one name:password.")
+        logins.append((name, password))
+    return logins
 
 
 class RankBody(BaseModel):
@@ -45,8 +64,9 @@ def build_app(
     store: Store, round: int, per_prompt: int = 1, auth: list[tuple[str, str]] | None = None, title: str = TITLE
 ) -> fastapi.FastAPI:
     """The FastAPI app: the JSON API under /api/ and the ranking page at /, both behind `auth` when it is given."""
-    logins = dict(auth or [])
+    logins = dict(parse_logins([f"{name}:{password}" for name, password in auth or []]))
     app = fastapi.FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=MAX_BODY)  # larger bodies: 413, never read whole
 
     async def require_login(request: fastapi.Request, call_next):
         # a middleware, not a dependency: a request without a login is refused before its body is even read
@@ -69,7 +89,10 @@ def build_app(
 
     @app.get("/api/progress")
     def progress(request: fastapi.Request, labeller: str | None = None):
-        done, left = store.progress(labeller or getattr(request.state, "user", None) or "local", round, per_prompt)
+        try:
+            done, left = store.progress(labeller or getattr(request.state, "user", None) or "local", round, per_prompt)
+        except Rejected as error:  # the store failed (503)
+            return JSONResponse({"detail": error.message}, error.status)
         return {"done": done, "left": left}
 
     page = RankingPage(store, round, per_prompt, login=bool(logins))
@@ -84,7 +107,11 @@ def serve(
     auth: list[tuple[str, str]] | None = None, title: str = TITLE, until_done: bool = False,
 ) -> str:  # fmt: skip
     """Run the ranking page with uvicorn until stopped (or, `until_done`, until every prompt of the round has its
-    rankings: the pipeline waits on this); prints its address and how many prompts are left; returns the address."""
+    rankings: the pipeline waits on this); prints its address and how many prompts are left; returns the address.
+
+    The port is bound and the store read and written once before the page is announced: a port in use, a damaged,
+    read-only or full store is one sentence here. A page that stops while prompts are left is one sentence too, so
+    nothing after it (the export, the pipeline's next stage) runs on a round that was not ranked."""
     if host not in LOCAL_HOSTS and not auth:
         raise UserError(
             f"host {host} is an exposed address, so the ranking page needs a login: one name:password per labeller "
@@ -95,26 +122,28 @@ def serve(
 
     import uvicorn
 
-    store = store if isinstance(store, Store) else Store(store)
+    store = store if isinstance(store, Store) else Store(store, create=False)
     url = f"http://{'[::1]' if host == '::1' else host}:{port}/"
     left = store.progress("", round, per_prompt)[1]
     if until_done and not left:
         print(f"Round {round}: every prompt is ranked.", flush=True)
         return url
-    who = "log in with your labeller name" if auth else "add ?labeller=NAME to tell labellers apart"
-    print(f"Ranking page for round {round}: {url} ({who}); {left} prompts left", flush=True)
-    config = uvicorn.Config(
-        build_app(store, round, per_prompt, auth, title), host=host, port=port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    if not until_done:
-        server.run()
-        return url
-    thread = threading.Thread(target=server.run, daemon=True)
+    store.check_usable()
+    app = build_app(store, round, per_prompt, auth, title)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listen(host, port)]}, daemon=True)
     thread.start()
+    while not server.started and thread.is_alive():
+        time.sleep(0.05)
+    if not server.started:
+        raise UserError(f"the ranking page could not start on {url} (see the log above); nothing was ranked.")
+    who = "log in with your labeller name" if auth else "give your name on the page"
+    print(f"Ranking page for round {round}: {url} ({who}); {left} prompts left", flush=True)
     try:
-        while left and thread.is_alive():
-            time.sleep(2)
+        while thread.is_alive() and (left or not until_done):
+            time.sleep(2 if until_done else 0.5)
+            if not until_done:
+                continue
             now = store.progress("", round, per_prompt)[1]
             if now != left:
                 print(f"Round {round}: {now} prompts left ({url})", flush=True)
@@ -122,7 +151,38 @@ def serve(
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+    if left and until_done:
+        raise UserError(
+            f"the ranking page stopped with {left} prompts of round {round} left (see the log above); nothing was "
+            "exported: rerun it, or pass --wait false to export what is ranked now."
+        )
     return url
+
+
+def listen(host: str, port: int):
+    """A socket bound to host:port for uvicorn (it listens on it), or one sentence saying why it cannot be."""
+    import errno
+    import socket
+
+    if not isinstance(port, int) or not 1 <= port <= 65535:
+        raise UserError(f"port {port!r} is not a port number from 1 to 65535; pass --port 7860 or another free one.")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a TIME_WAIT of the last run, not a live server
+        sock.bind(address)
+    except socket.gaierror as error:
+        raise UserError(f"host {host} is not an address of this machine ({error.strerror}); use 127.0.0.1.") from None
+    except OSError as error:
+        sock.close()
+        busy = f"another program (another label.py?) already listens there: stop it or pass --port {port % 65535 + 1}"
+        hint = {
+            errno.EADDRINUSE: busy,
+            errno.EACCES: "ports below 1024 need administrator rights: pass --port 7860",
+            errno.EADDRNOTAVAIL: "that address is not one of this machine's: use 127.0.0.1",
+        }.get(error.errno, "choose another --host or --port")
+        raise UserError(f"the ranking page cannot listen on {host}:{port} ({error.strerror}); {hint}.") from None
+    return sock
 
 
 class RankingPage:

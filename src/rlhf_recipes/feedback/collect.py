@@ -109,6 +109,7 @@ def run_collect(args: CollectArguments) -> dict:
 
     started = time.time()
     store = Store(args.store)
+    store.check_usable()  # a damaged, read-only or full store: one sentence now, not after the sampling
     if args.import_path:
         from .importers import import_rankings
 
@@ -116,7 +117,7 @@ def run_collect(args: CollectArguments) -> dict:
     else:
         report = sample_round(args, store)
     report.update(round=args.round, store=store.url, seconds=round(time.time() - started, 1))
-    with fs.build_aside(args.output_dir, what="collected answers", replace=True) as folder:
+    with fs.build_aside(args.output_dir, what="collect", replace=True) as folder:
         fs.atomic_write_json(Path(folder) / "collect.json", report)
     logger.info("round %d: %s", args.round, report)
     return report

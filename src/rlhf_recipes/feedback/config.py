@@ -3,13 +3,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
-
-def _help(text: str, **kwargs):
-    return field(metadata={"help": text}, **kwargs)
-
+from ..config import help_field as _help
 
 STORE_HELP = "the comparison store: a SQLite file path (default), or a SQLAlchemy URL (postgresql+psycopg://...)"
 
@@ -83,3 +80,25 @@ class LabelArguments:
     output_dir: str = _help(
         "the exported preference pairs (train.jsonl, test.jsonl, report)", default="outputs/smollm2-135m/pairs"
     )
+
+
+def check_heldout(heldout: str | None) -> None:
+    """`heldout_pairs` names an existing folder or file, or (online) a Hub dataset id: checked before any ranking."""
+    from pathlib import Path
+
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from ..cli import UserError
+
+    if not heldout or Path(heldout).expanduser().exists():
+        return
+    try:
+        validate_repo_id(heldout)
+        hub_id = not heldout.startswith((".", "/", "~")) and heldout.count("/") <= 1
+    except HFValidationError:
+        hub_id = False
+    if not hub_id:
+        raise UserError(
+            f"heldout_pairs={heldout} does not exist; give the preferences folder of the data stage (e.g. "
+            "outputs/smollm2-135m/data/preferences) or leave it unset."
+        )

@@ -87,7 +87,7 @@ def write_pairs(store, rounds: list[int], output_dir: str, heldout: str | None, 
             "(recipes/label.py), then export."
         )
     report.update(rounds=rounds, pairs=len(rows), groups=len({r["group"] for r in rows}), heldout=heldout)
-    with fs.build_aside(output_dir, what="preference pairs", replace=True) as folder:
+    with fs.build_aside(output_dir, what="label", replace=True) as folder:
         Dataset.from_list(rows).to_json(str(Path(folder) / "train.jsonl"), lines=True, force_ascii=False)
         if heldout:
             try:

@@ -13,76 +13,22 @@ submitted twice (a replayed request) is refused with nothing changed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
 import secrets
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import sqlalchemy as sa
 
-from ..cli import UserError
+from . import database
+from .database import Rejected, StoreFault, candidates, prompts, rankings, tickets
 
-metadata = sa.MetaData()
-prompts = sa.Table(
-    "prompts",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("key", sa.String(64), nullable=False, unique=True),  # sha256 of the messages: one row per prompt
-    sa.Column("messages", sa.Text, nullable=False),  # JSON chat messages
-    sa.Column("source", sa.String(200), nullable=False, default=""),
-    sa.Column("created_at", sa.Float, nullable=False),
-)
-candidates = sa.Table(
-    "candidates",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("prompt_id", sa.Integer, sa.ForeignKey("prompts.id"), nullable=False),
-    sa.Column("round", sa.Integer, nullable=False),
-    sa.Column("position", sa.Integer, nullable=False),  # sample index within (prompt, round, model)
-    sa.Column("text", sa.Text, nullable=False),
-    sa.Column("model", sa.String(500), nullable=False),
-    sa.Column("lineage", sa.Text, nullable=False, default="{}"),  # JSON: the model's lineage summary
-    sa.Column("sampling", sa.Text, nullable=False, default="{}"),  # JSON: temperature, top_p, max_new_tokens, seed
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.UniqueConstraint("prompt_id", "round", "model", "position"),
-)
-rankings = sa.Table(
-    "rankings",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("prompt_id", sa.Integer, sa.ForeignKey("prompts.id"), nullable=False),
-    sa.Column("round", sa.Integer, nullable=False),
-    sa.Column("ranker", sa.String(500), nullable=False),  # human | simulated(noise=0.1) | lm:<model> | reward:<path>
-    sa.Column("labeller", sa.String(200), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # ranked | skipped | unsafe
-    sa.Column("ranking", sa.Text, nullable=False, default="[]"),  # JSON tiers of candidate ids, best first
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.UniqueConstraint("prompt_id", "round", "ranker", "labeller"),
-)
-tickets = sa.Table(
-    "tickets",
-    metadata,
-    sa.Column("token", sa.String(64), primary_key=True),
-    sa.Column("prompt_id", sa.Integer, sa.ForeignKey("prompts.id"), nullable=False),
-    sa.Column("round", sa.Integer, nullable=False),
-    sa.Column("labeller", sa.String(200), nullable=False),
-    sa.Column("shown", sa.Text, nullable=False),  # JSON candidate ids in the order shown
-    sa.Column("issued_at", sa.Float, nullable=False),
-    sa.Column("used_at", sa.Float, nullable=True),
-)
+__all__ = ["HUMAN", "STATUSES", "Rejected", "Store", "StoreFault", "Task", "tiers_from_ranks"]
 STATUSES = ("ranked", "skipped", "unsafe")
 HUMAN = "human"
-
-
-class Rejected(Exception):
-    """A request the store refuses, with the HTTP status that says why (404 unknown, 409 replayed, 422 malformed)."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 @dataclass
@@ -97,48 +43,78 @@ class Task:
     candidate_ids: list[int]
 
 
-def store_url(store: str) -> str:
-    """A database URL from a store setting: a SQLAlchemy URL as it is, anything else a SQLite file path."""
-    if "://" in store:
-        return store
-    Path(store).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{Path(store).expanduser()}"
-
-
 def prompt_key(messages) -> str:
     return hashlib.sha256(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 class Store:
-    def __init__(self, store: str):
-        self.url = store_url(store)
-        try:
-            self.engine = sa.create_engine(self.url)
-        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as error:
-            raise UserError(f"store: cannot open {store!r} ({error}); give a file path or a SQLAlchemy URL.") from None
-        if self.engine.dialect.name == "sqlite":
-            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-            # a writing transaction takes the write lock at its start (BEGIN IMMEDIATE): a read-then-write by one
-            # labeller can never deadlock against another's, it waits (busy_timeout) instead; reads do not lock
-            sa.event.listen(self.engine, "begin", _sqlite_begin)
-        try:
-            metadata.create_all(self.engine)
-        except sa.exc.OperationalError as error:
-            raise UserError(f"store: cannot open {store!r}: {str(error.orig).strip()}.") from None
+    """`Store(path_or_url)`; `create=False` refuses a SQLite file that does not exist yet (nothing to rank in it)."""
 
+    def __init__(self, store: str, create: bool = True):
+        self.url = database.display_name(store)  # what messages and reports show (no password)
+        self.engine = database.open_engine(store, create)
+
+    def check_usable(self) -> None:
+        """A damaged, read-only or full store is one sentence now, before any work (database.check_usable)."""
+        database.check_usable(self.engine, self.url)
+
+    @contextlib.contextmanager
+    def _write(self):
+        with database.faults(self.url, "saved"), self.engine.begin() as db:
+            yield db
+
+    @contextlib.contextmanager
     def _read(self):
-        return self.engine.connect().execution_options(read_only=True)
+        with database.faults(self.url, "read"), self.engine.connect().execution_options(read_only=True) as db:
+            yield db
 
     # ------------------------------------------------------------------------------------------------ writing
     def add_prompt(self, messages: list[dict], source: str = "") -> int:
         """The prompt's id, inserting it once (the same messages always get the same row)."""
+        with self._write() as db:
+            return self._prompt_id(db, messages, source)
+
+    def _prompt_id(self, db, messages: list[dict], source: str) -> int:
         key = prompt_key(messages)
-        with self.engine.begin() as db:
-            row = db.execute(sa.select(prompts.c.id).where(prompts.c.key == key)).first()
-            if row:
-                return row.id
-            values = dict(key=key, messages=_dump(messages), source=source, created_at=time.time())
-            return db.execute(prompts.insert().values(**values)).inserted_primary_key[0]
+        row = db.execute(sa.select(prompts.c.id).where(prompts.c.key == key)).first()
+        if row:
+            return row.id
+        values = dict(key=key, messages=database.dump(messages), source=source, created_at=time.time())
+        return db.execute(prompts.insert().values(**values)).inserted_primary_key[0]
+
+    def import_rankings(self, items: list, round: int, ranker: str, source: str) -> None:
+        """Rankings made elsewhere, all in one transaction (a failure saves none of them): `items` of (messages,
+        answer texts, tiers of answer indices best first, labeller). Answers are matched by text, so importing the
+        same file again changes nothing (importers.py checks first that a prompt has one set of answers a round)."""
+        with self._write() as db:
+            for messages, texts, tiers, labeller in items:
+                prompt_id = self._prompt_id(db, messages, source)
+                query = sa.select(candidates.c.id, candidates.c.text).where(
+                    candidates.c.prompt_id == prompt_id, candidates.c.round == round
+                )
+                ids = {row.text: row.id for row in db.execute(query)}
+                for position, text in enumerate(texts):
+                    if text not in ids:
+                        values = dict(
+                            prompt_id=prompt_id, round=round, position=position, text=text, model=ranker,
+                            lineage=database.dump({"imported_from": source}), sampling="{}", created_at=time.time(),
+                        )  # fmt: skip
+                        ids[text] = db.execute(candidates.insert().values(**values)).inserted_primary_key[0]
+                ranking = [[ids[texts[i]] for i in tier] for tier in tiers]
+                self._save(db, prompt_id, round, ranker, labeller, ranking, "ranked")
+
+    def answer_texts(self, round: int) -> dict[str, set[str]]:
+        """prompt key -> the texts of its answers in `round` (what an import must match)."""
+        query = (
+            sa.select(prompts.c.key, candidates.c.text)
+            .join(candidates, candidates.c.prompt_id == prompts.c.id)
+            .where(candidates.c.round == round)
+        )
+        out: dict[str, set[str]] = {}
+        with self._read() as db:
+            for row in db.execute(query):
+                out.setdefault(row.key, set()).add(row.text)
+        return out
 
     def add_candidates(
         self, prompt_id: int, round: int, texts: list[str], model: str, lineage: dict | None = None,
@@ -147,7 +123,7 @@ class Store:
         """Insert one prompt's answers from one model in one transaction; already stored ones are kept as they are
         (a collect run killed half-way and rerun adds only what is missing)."""
         ids = []
-        with self.engine.begin() as db:
+        with self._write() as db:
             for position, text in enumerate(texts):
                 where = sa.and_(
                     candidates.c.prompt_id == prompt_id, candidates.c.round == round,
@@ -157,7 +133,8 @@ class Store:
                 if row is None:
                     values = dict(
                         prompt_id=prompt_id, round=round, position=position, text=text, model=model,
-                        lineage=_dump(lineage or {}), sampling=_dump(sampling or {}), created_at=time.time(),
+                        lineage=database.dump(lineage or {}), sampling=database.dump(sampling or {}),
+                        created_at=time.time(),
                     )  # fmt: skip
                     row = db.execute(candidates.insert().values(**values)).inserted_primary_key
                     ids.append(row[0])
@@ -170,7 +147,7 @@ class Store:
         status: str = "ranked",
     ) -> int:  # fmt: skip
         """Save (or replace) one ranking, checked against the prompt's candidates of that round."""
-        with self.engine.begin() as db:
+        with self._write() as db:
             return self._save(db, prompt_id, round, ranker, labeller, tiers, status)
 
     def _save(self, db, prompt_id, round, ranker, labeller, tiers, status) -> int:
@@ -183,7 +160,9 @@ class Store:
             if sorted(ranked) != sorted(known) or not all(tiers):
                 raise Rejected(422, f"a ranking must place each of the {len(known)} answers exactly once.")
         key = dict(prompt_id=prompt_id, round=round, ranker=ranker, labeller=labeller)
-        values = dict(status=status, ranking=_dump(tiers if status == "ranked" else []), created_at=time.time())
+        values = dict(
+            status=status, ranking=database.dump(tiers if status == "ranked" else []), created_at=time.time()
+        )
         where = sa.and_(*(rankings.c[k] == v for k, v in key.items()))
         existing = db.execute(sa.select(rankings.c.id).where(where)).first()
         if existing:  # a resubmit replaces
@@ -194,7 +173,7 @@ class Store:
     def clear_round(self, round: int) -> dict:
         """Delete one round's answers, rankings and tickets in one transaction (a round sampled again from another
         model); returns what was deleted."""
-        with self.engine.begin() as db:
+        with self._write() as db:
             counts = {
                 "rankings": db.execute(rankings.delete().where(rankings.c.round == round)).rowcount,
                 "tickets": db.execute(tickets.delete().where(tickets.c.round == round)).rowcount,
@@ -209,7 +188,7 @@ class Store:
         """The next prompt of `round` for `labeller`: one they have not ranked, that fewer than `per_prompt` people
         have ranked, and that no other labeller holds an open ticket for (claimed in the last `claim_seconds`)."""
         now = time.time()
-        with self.engine.begin() as db:
+        with self._write() as db:
             if self.engine.dialect.name == "postgresql":  # one assignment at a time (SQLite: BEGIN IMMEDIATE)
                 db.execute(sa.text("SELECT pg_advisory_xact_lock(715)"))
             pending = self._pending(db, labeller, round, per_prompt, now - claim_seconds)
@@ -219,13 +198,13 @@ class Store:
 
     def reopen(self, labeller: str, prompt_id: int, round: int) -> Task:
         """A fresh ticket for a prompt the labeller already saw (to change their ranking: the resubmit replaces)."""
-        with self.engine.begin() as db:
+        with self._write() as db:
             return self._issue(db, prompt_id, round, labeller, time.time(), None)
 
     def submit(self, ticket: str, ranks: list[int] | None = None, status: str = "ranked") -> int:
         """Save a labeller's answer to a ticket: `ranks[i]` is the rank (1 = best, equal = tie) of the i-th answer
         as shown. A ticket is used once: a replay is refused (409) and changes nothing."""
-        with self.engine.begin() as db:
+        with self._write() as db:
             row = db.execute(sa.select(tickets).where(tickets.c.token == str(ticket))).first()
             if row is None:
                 raise Rejected(404, "unknown ticket; reload the page to get the next prompt.")
@@ -295,7 +274,12 @@ class Store:
         token = secrets.token_urlsafe(18)
         db.execute(
             tickets.insert().values(
-                token=token, prompt_id=prompt_id, round=round, labeller=labeller, shown=_dump(shown), issued_at=now
+                token=token,
+                prompt_id=prompt_id,
+                round=round,
+                labeller=labeller,
+                shown=database.dump(shown),
+                issued_at=now,
             )
         )
         texts = dict(db.execute(sa.select(candidates.c.id, candidates.c.text).where(candidates.c.id.in_(ids))).all())
@@ -353,21 +337,3 @@ def tiers_from_ranks(ranks, count: int) -> list[list[int]]:
         raise Rejected(422, f"ranks must be whole numbers from 1 to {count}, not {list(ranks)}.")
     values = list(ranks)
     return [[i for i, r in enumerate(values) if r == level] for level in sorted(set(values))]
-
-
-def _dump(value) -> str:
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _sqlite_begin(conn) -> None:
-    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("read_only") else "BEGIN IMMEDIATE")
-
-
-def _sqlite_pragmas(connection, _record) -> None:
-    connection.isolation_level = None  # sqlite3's own implicit BEGIN off: the "begin" event above issues it
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the labeller who is saving, nor wait for them
-    cursor.execute("PRAGMA synchronous=FULL")  # a committed ranking is on disk before the page says saved
-    cursor.execute("PRAGMA busy_timeout=10000")  # two labellers saving at once wait for each other, not fail
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()

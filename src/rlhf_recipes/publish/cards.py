@@ -20,6 +20,7 @@ import yaml
 
 from ..cli import UserError
 from ..models import CAUSAL_LM, EMBEDDED_PREFIX, REWARD_MODEL, read_lineage
+from ..validation import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -107,16 +108,20 @@ def load_data_report(path: str | None) -> dict | None:
         logger.warning("No data report at %s: the card says so.", path)
         return None
     try:
-        return json.loads(Path(path).read_text())
+        report = json.loads(Path(path).read_text())
     except ValueError as error:
         raise UserError(f"{path} is not valid JSON ({error}); point data_report_path at a report.json.") from None
+    if not isinstance(report, dict):
+        raise UserError(f"{path} holds a JSON {type(report).__name__}; point data_report_path at a report.json.")
+    return report
 
 
 def stage_lineages(lineage: dict) -> list[dict]:
     """The lineage of every stage in the chain, oldest first (an earlier stage whose folder is gone keeps its entry)."""
     stages = []
     for entry in lineage.get("chain", [])[:-1]:
-        earlier = read_lineage(entry["output_dir"]) if Path(entry["output_dir"]).is_dir() else None
+        path = Path(entry["output_dir"]) / "lineage.json"
+        earlier = read_json(path, "an earlier stage's lineage") if path.is_file() else None
         stages.append(earlier or {**entry, "data": {"dataset_name": entry.get("data")}})
     return stages + [lineage]
 

@@ -41,7 +41,6 @@ MODEL_FILES = (
 )
 STAGE_IGNORE = ["_*", "checkpoint-*", "training_args.bin", "*.pt", "*.pth"]  # optimizer state, pickled arguments
 QUANTIZATION_KEYS = ("load_in_4bit", "bnb_4bit_quant_type", "use_bnb_nested_quant", "bnb_4bit_quant_storage", "dtype")
-DEFAULT_PROMPTS = ("What can you help me with?", "Explain in one sentence what a reward model is.")
 
 
 @dataclass
@@ -86,29 +85,6 @@ def load_publish_config(path: str | Path, args: list[str] | None = None) -> Publ
 
 
 # -------------------------------------------------------------------------------------------------- merge check
-def read_prompts(path: str | None, limit: int) -> list[list[dict]]:
-    """Up to `limit` conversations ending in a user turn, from a JSONL of questions, prompts or conversations."""
-    if not path:
-        return [[{"role": "user", "content": p}] for p in DEFAULT_PROMPTS][:limit]
-    if not Path(path).is_file():
-        raise UserError(f"parity_prompts={path} does not exist; point it at a JSONL of held-out prompts.")
-    conversations = []
-    for number, line in enumerate(Path(path).read_text().splitlines()[:limit], start=1):
-        row = json.loads(line)
-        if isinstance(row.get("question") or row.get("prompt"), str):
-            conversations.append([{"role": "user", "content": row.get("question") or row["prompt"]}])
-        elif isinstance(row.get("prompt") or row.get("messages"), list):
-            messages = list(row.get("prompt") or row["messages"])
-            while messages and messages[-1]["role"] == "assistant":
-                messages.pop()
-            conversations.append(messages)
-        else:
-            raise UserError(
-                f"{path} line {number} has no 'question', 'prompt' or 'messages'; the merge check needs one."
-            )
-    return conversations
-
-
 def check_merge(adapter_folder: str, merged_path: str, conversations: list, tolerance: float, max_new_tokens: int):
     """Compare the merged model with base + adapter on the same float32 base: max |logit difference| and how many
     greedy answers are identical; a UserError above `tolerance`. A QLoRA adapter is also compared with its 4-bit
@@ -200,10 +176,16 @@ def check_merge(adapter_folder: str, merged_path: str, conversations: list, tole
 @contextlib.contextmanager
 def staging(output_dir: str, overwrite: bool):
     """A folder to fill, built aside and renamed into place on success (fs.build_aside); an existing non-empty
-    `output_dir` is replaced only with `overwrite` and only if this project staged it."""
-    fs.check_output_folder(output_dir, "output_dir", "", what="publish staging", replace=overwrite)
+    `output_dir` is replaced only with `overwrite` and only if publish.py staged it (`check_staging`)."""
+    check_staging(output_dir, overwrite)
     with fs.build_aside(output_dir, what="publish", replace=overwrite) as folder:
         yield folder
+
+
+def check_staging(output_dir: str, overwrite: bool) -> None:
+    """Refuse a staging folder publish.py may not fill: another stage's output, a store, a user's folder, or (without
+    `overwrite`) an earlier staging."""
+    fs.check_output_folder(output_dir, "output_dir", "", what="publish staging", replace=overwrite)
 
 
 def copy_model_files(source: str | Path, target: Path, adapter_base_id: str | None = None) -> None:
