@@ -30,8 +30,8 @@ def main(config: PipelineConfig, options: dict) -> list[dict]:
 if __name__ == "__main__":
     import sys
 
-    if {"-h", "--help"} & set(sys.argv[1:]):
-        print(__doc__)
-        sys.exit(0)
-    launcher.prestart()  # stages fork from it: its imports (~11 s) overlap the parsing of every stage's command
+    from rlhf_recipes import usage
+
+    if not usage.requested(sys.argv[1:]):  # --help prints and exits in the parser: no launcher for it
+        launcher.prestart()  # stages fork from it: its imports (~11 s) overlap the parsing of every stage's command
     cli.run_recipe(__file__, main)  # parsed by the registry's pipeline stage (pipeline.parse_argv)

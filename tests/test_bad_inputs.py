@@ -346,7 +346,7 @@ CATALOGUE = [
         "tokenizer_not_found",
         {"a.jsonl": jsonl(GOOD_CHAT)},
         {**config(["a.jsonl"]), "tokenizer": "no/such-tokenizer"},
-        ["cannot load the tokenizer 'no/such-tokenizer'", "key 'tokenizer'"],
+        ["tokenizer=no/such-tokenizer in", "is a Hub model id", "HF_HUB_OFFLINE", "hf download"],
     ),
     Case(
         "everything_dropped",

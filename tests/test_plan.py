@@ -55,6 +55,9 @@ def test_pipeline_plans_every_training_stage_through_unwritten_outputs(tmp_path)
     pipeline["output_dir"] = str(tmp_path / "out")
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(pipeline))
+    for stage in CONFIGS.glob("*.yaml"):  # the stage configs it names lie next to it
+        if stage.name != "pipeline.yaml":
+            (tmp_path / stage.name).write_text(stage.read_text())
     plans = planner.plan_file(str(path), device=CPU)
     assert [p.stage for p in plans] == ["cpt", "sft", "reward", "ppo"]
     assert all("SmolLM2" in p.models[0] or "embedded" in p.models[0] for p in plans)

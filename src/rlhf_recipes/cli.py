@@ -15,6 +15,20 @@ class UserError(Exception):
 
 
 RESUMES = "rerun the same command: a training stage resumes from its last complete checkpoint"
+# Notices libraries log at import that say nothing about a run: bitsandbytes on a CPU with AVX512-BF16 logs a warning
+# that an optional kernel package is missing, as the first line of every command (`--help` included)
+_NOTICES = {"bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward from kernels-community",)}
+
+
+def quiet_library_notices() -> None:
+    """Drop the import-time notices of `_NOTICES` (only those: the libraries' other warnings still show)."""
+    for name, starts in _NOTICES.items():
+        library = logging.getLogger(name)
+        if not any(getattr(f, "rlhf_recipes", False) for f in library.filters):
+            notice = logging.Filter()
+            notice.filter = lambda record, starts=starts: not str(record.msg).startswith(starts)
+            notice.rlhf_recipes = True
+            library.filters.append(notice)
 
 
 # What libraries that are not Python say for a full disk: the tokenizers library raises a plain Exception ("No space
@@ -95,7 +109,8 @@ def parse_config(
 
     Unknown keys and mistyped values are one sentence naming the file or the command line; `bf16: auto` (also the
     default when the key is absent) and `dtype: compute` are resolved for this machine (`precision.py`) and the
-    choice is logged and kept on the parsed training arguments as `precision` (lineage.json records it).
+    choice is logged and kept on the parsed training arguments as `precision` (lineage.json records it); an absent
+    `use_cpu` is true on a machine with no GPU, as in the shipped YAMLs.
     """
     from . import precision as precision_module
     from .config import flat_hints, load_flat
@@ -113,6 +128,8 @@ def parse_config(
         except ValueError as error:
             raise UserError(f"key 'bf16' {where('bf16')}: {error}.") from None
         values = {**values, "bf16": chosen["precision"].bf16}
+        if "use_cpu" not in values and "use_cpu" in hints and chosen["precision"].device == "cpu":
+            values["use_cpu"] = True  # no GPU: as the shipped YAMLs say (TrainingArguments refuses bf16 otherwise)
         if values.get("dtype") == precision_module.COMPUTE_DTYPE:
             values["dtype"] = chosen["precision"].dtype
         return values
@@ -139,12 +156,40 @@ def parse_config(
             )
         if not get_token():
             raise UserError("push_to_hub: true needs a Hub token; set HF_TOKEN or run `hf auth login` first.")
+    for config in parsed:
+        if getattr(config, "report_to", None):
+            check_trackers(config.report_to, where)
     from . import validation
 
     validation.check_values(parsed, where)  # ranges: positive batch sizes, learning rate > 0, ...
     if stage is not None and check_paths:  # input models exist and are of the right kind; the output is writable
         validation.check_paths(stage, parsed, where)
     return parsed
+
+
+# report_to names -> the package that provides them (pip names), for the sentence when one is not installed
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "comet_ml": "comet-ml", "azure_ml": "azureml-core",
+                    "dvclive": "dvclive", "flyte": "flytekit", "codecarbon": "codecarbon"}  # fmt: skip
+
+
+def check_trackers(report_to, where) -> None:
+    """Every `report_to` integration is installed (Trainer would fail with a traceback once the model is loaded)."""
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    available = get_available_reporting_integrations()
+    for name in names:
+        if name not in ("none", "all", *INTEGRATION_TO_CALLBACK):
+            raise UserError(
+                f"report_to {where('report_to')} names {name}, which is no integration transformers knows"
+                f"{suggest(name, list(INTEGRATION_TO_CALLBACK))} They are: none, {', '.join(INTEGRATION_TO_CALLBACK)}."
+            )
+        if name not in ("none", "all") and name not in available:
+            raise UserError(
+                f"report_to {where('report_to')} names {name}, which is not installed; `pip install "
+                f"{TRACKER_PACKAGES.get(name, name)}`, or set report_to: trackio (the project's tracker) or none."
+            )
 
 
 def run_recipe(recipe_file: str, main: Callable) -> None:

@@ -108,6 +108,38 @@ def _start():
     )  # fmt: skip
 
 
+class PlainLog:
+    """A stage's log file in plain lines: each update of a progress bar (tqdm redraws its line after a `\\r`) is a line
+    of its own, an update that repeats the line before is written once, terminal escapes are dropped; the terminal
+    still shows the bars as they are."""
+
+    _ESCAPE = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
+
+    def __init__(self, handle):
+        self.handle, self.pending, self.last = handle, b"", None
+
+    def write(self, chunk: bytes) -> None:
+        data = self.pending + chunk
+        cut = data.rfind(b"\n") + 1
+        self.pending = data[cut:]
+        for line in data[:cut].split(b"\n")[:-1]:
+            self._line(line)
+
+    def _line(self, line: bytes) -> None:
+        line = self._ESCAPE.sub(b"", line)
+        updates = [part.rstrip() for part in line.split(b"\r")] if b"\r" in line else [line.rstrip()]
+        for update in updates:
+            if b"\r" in line and (not update.strip() or update == self.last):
+                continue
+            self.handle.write(update + b"\n")
+            self.last = update
+
+    def close(self) -> None:
+        if self.pending:
+            self._line(self.pending)
+            self.pending = b""
+
+
 class StageProcesses:
     """Runs stage commands and streams their output: forked from one warm launcher where usable, else subprocesses."""
 
@@ -136,7 +168,8 @@ class StageProcesses:
         else:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os_environ())
         pending, held, code = b"", b"", None
-        with open(log_path, "wb") as log:
+        with open(log_path, "wb") as handle:
+            log = PlainLog(handle)
             try:
                 for chunk in iter(lambda: proc.stdout.read1(4096), b""):
                     chunk, held = held + chunk, b""
@@ -161,6 +194,8 @@ class StageProcesses:
                 proc.wait()
                 self.launcher = None
                 raise
+            finally:
+                log.close()
         if self.warm:  # the launcher itself died (killed, out of memory): this stage failed
             self.launcher = None
             return proc.wait() or 1

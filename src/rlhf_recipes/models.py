@@ -267,8 +267,11 @@ def _hash_files(folder: Path, names: tuple[str, ...]) -> str:
     return digest.hexdigest()[:16]
 
 
-def resolve_model_path(model_name_or_path: str) -> str:
-    """A path that `from_pretrained` loads with full weights: embedded models converted, adapters merged (cached)."""
+def resolve_model_path(model_name_or_path: str, key: str = "model_name_or_path", where: str = "") -> str:
+    """A path that `from_pretrained` loads with full weights: embedded models converted, adapters merged (cached); a
+    Hub id that cannot be fetched (offline and not cached, or no network) is one sentence naming `key`."""
+    from . import offline
+
     if model_name_or_path.startswith(EMBEDDED_PREFIX):
         return str(ensure_embedded_model(model_name_or_path.removeprefix(EMBEDDED_PREFIX)))
     folder = Path(model_name_or_path)
@@ -282,6 +285,8 @@ def resolve_model_path(model_name_or_path: str) -> str:
                 f"{model_name_or_path} has neither config.json nor adapter_config.json; pass a finished stage's output "
                 "folder, a model folder, a Hub id or " + DEFAULT_MODEL + "."
             )
+        if offline.looks_like_hub_id(model_name_or_path):
+            offline.check(model_name_or_path, "model", key, cached=cached_on_hub(model_name_or_path), where=where)
         return model_name_or_path
     return str(merged_adapter_path(folder))
 

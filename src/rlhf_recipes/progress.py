@@ -6,8 +6,9 @@ minute, not the first hour.
   lines after steps 2 and 4, then every 10% or at least every minute (the first step, with its warm-up, is not
   used for the rate).
 - `PipelineClock` forecasts each stage before it starts (its `expected_seconds` from pipeline.yaml, scaled by how fast
-  this machine multiplies matrices in the precision it will use against the machine those were measured on), then
-  re-scales everything left by the first stage's measured pace.
+  this machine multiplies matrices in the precision it will use against the machine those were measured on). While a
+  stage runs, the time left is its own measured time left plus the later stages' scaled expected times: one stage's
+  pace says little about the next (the data stage is I/O, PPO generates), so it never rescales them.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class PipelineClock:
 
     def __init__(self, config, only, manifest):
         self.config, self.only, self.manifest = config, only, manifest
-        self.started, self.stage_started, self.pace = time.time(), None, None
+        self.started, self.stage_started = time.time(), None
         self.remaining = [run for run in config.stages if not only or run.name in only]
         self.machine_factor = self._machine_factor()
 
@@ -84,18 +85,16 @@ class PipelineClock:
     def elapsed(self) -> float:
         return time.time() - self.started
 
-    def _scale(self) -> float | None:
-        return self.pace or self.machine_factor
-
     def left_after(self, run) -> float | None:
-        scale = self._scale()
+        """The later stages' expected seconds, scaled by the machine's measured rate (None: nothing to scale by)."""
+        scale = self.machine_factor
         if scale is None:
             return None
         later = self.remaining[self.remaining.index(run) + 1 :] if run in self.remaining else self.remaining
         return sum((r.expected_seconds or 0) * scale for r in later)
 
     def forecast(self, run) -> str:
-        scale = self._scale()
+        scale = self.machine_factor
         if scale is None or not run.expected_seconds:
             return "starting"
         this = run.expected_seconds * scale
@@ -109,11 +108,7 @@ class PipelineClock:
         self.stage_started, self.current = time.time(), run
 
     def progress(self, stage: str, step: str, total: str, elapsed: str, eta: str) -> None:
-        run = self.current
-        stage_total = float(elapsed) + float(eta)
-        if run.expected_seconds:
-            self.pace = stage_total / run.expected_seconds  # this machine's measured pace against the reference
-        left = self.left_after(run)
+        left = self.left_after(self.current)
         tail = f"; pipeline ~{_minutes(float(eta) + left)} left" if left is not None else ""
         print(f"━━ {stage}: step {step}/{total}, ~{_minutes(float(eta))} left in this stage{tail}", flush=True)
 

@@ -20,9 +20,12 @@ from pathlib import Path
 from .cli import UserError, suggest
 from .models import CAUSAL_LM, REWARD_MODEL
 
-_CHECKOUT_RECIPES = Path(__file__).resolve().parents[2] / "recipes"
-# A source checkout's recipes/ (what users read and run); an installed wheel carries the same files in assets/recipes
-RECIPES = _CHECKOUT_RECIPES if _CHECKOUT_RECIPES.is_dir() else Path(__file__).parent / "assets" / "recipes"
+_CHECKOUT = Path(__file__).resolve().parents[2]
+# A source checkout's recipes/ and configs/ (what users read and run); an installed wheel carries the same files in
+# assets/recipes and assets/configs (`rlhf-recipes init DIR` copies the configs out)
+RECIPES = _CHECKOUT / "recipes" if (_CHECKOUT / "recipes").is_dir() else Path(__file__).parent / "assets" / "recipes"
+CONFIGS = _CHECKOUT / "configs" if (_CHECKOUT / "configs").is_dir() else Path(__file__).parent / "assets" / "configs"
+EXAMPLES = "smollm2-135m"  # the configs folder whose YAMLs are every stage's example (--help, init's default)
 
 
 def _types(*dotted: str) -> Callable[[], tuple]:
@@ -57,6 +60,12 @@ class Stage:
     @property
     def recipe_path(self) -> Path:
         return Path(self.recipe) if self.recipe else RECIPES / f"{self.name}.py"
+
+    @property
+    def example(self) -> Path | None:
+        """The stage's example YAML shipped with the project (configs/smollm2-135m/<name>.yaml), None if it has none."""
+        path = CONFIGS / EXAMPLES / f"{self.name}.yaml"
+        return path if path.is_file() else None
 
     @property
     def trains(self) -> bool:
@@ -125,12 +134,28 @@ def all_stages() -> list[Stage]:
 
 
 def for_recipe(path: str | Path) -> Stage:
-    """The stage a recipe file runs."""
+    """The stage a recipe file runs: a registered recipe, or a user's edited copy of one, told by its file name
+    (`my_sft.py`, `sft-long.py`) or else by the command its docstring keeps (`python recipes/sft.py ...`)."""
+    import re
+
     resolved = Path(path).resolve()
     for stage in _REGISTRY.values():
         if stage.recipe_path.resolve() == resolved:
             return stage
-    raise UserError(f"{path} is not the recipe of any registered stage ({', '.join(_REGISTRY)}).")
+    recipes = {stage.recipe_path.stem: stage for stage in _REGISTRY.values()}
+    named = [stem for stem in recipes if re.search(rf"(^|[^a-z]){re.escape(stem)}([^a-z]|$)", resolved.stem)]
+    if named:
+        return recipes[max(named, key=len)]  # online_dpo over dpo
+    try:
+        said = re.search(r"python recipes/(\w+)\.py", resolved.read_text(encoding="utf-8"))
+    except OSError:
+        said = None
+    if said and said.group(1) in recipes:
+        return recipes[said.group(1)]
+    raise UserError(
+        f"cannot tell which stage {path} runs: name the file after its recipe ({', '.join(recipes)}), e.g. "
+        "my_sft.py, or keep the recipe's docstring."
+    )
 
 
 def for_config(path: str | Path) -> Stage:
@@ -150,7 +175,13 @@ def for_config(path: str | Path) -> Stage:
     )
 
 
-DATA_FOLDERS = {("text",): "cpt", ("messages",): "sft", ("chosen", "rejected"): "preferences", ("prompt",): "prompts"}
+DATA_FOLDERS = {
+    ("text",): "cpt",
+    ("messages",): "sft",
+    ("chosen", "rejected"): "preferences",
+    ("prompt",): "prompts",
+    ("prompt", "completion", "label"): "unpaired",  # TRL's unpaired preference: a KTO stage's data
+}
 
 
 def data_folder(stage: Stage) -> str:
@@ -177,7 +208,7 @@ RL_TARGETS = ("reward_gain", "judge_gain", "accuracy_kept", "kl_bound")
 register(
     Stage(
         "data",
-        "clean, deduplicate and decontaminate sources into the four training formats",
+        "clean, deduplicate and decontaminate sources into the training formats (TRL's dataset types)",
         _types("rlhf_recipes.data.config.DataConfig"),
         role="data",
         recipe=str(RECIPES / "prepare_data.py"),

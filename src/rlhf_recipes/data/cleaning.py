@@ -62,19 +62,27 @@ def normalize_text(text: str, form: str = "NFC") -> str:
 
 
 def normalize_record(record: dict, form: str) -> dict:
-    """Every string of a converted record (text, or each message's content) normalised."""
+    """Every string of a converted record (text, or each message's content) normalised; a label kept as it is."""
     return {
         field: normalize_text(value, form)
         if isinstance(value, str)
         else [{"role": m["role"], "content": normalize_text(m["content"], form)} for m in value]
+        if isinstance(value, list)
+        else value
         for field, value in record.items()
     }
 
 
 def record_text(record: dict) -> str:
-    """The words of a record, for dedup and decontamination: the text, or the message contents one per line."""
+    """The words of a record, for dedup and decontamination: the text, or the message contents one per line (an
+    unpaired preference's label as a last line, so that one answer labelled both ways is not a duplicate)."""
     return "\n".join(
-        value if isinstance(value, str) else "\n".join(m["content"] for m in value) for value in record.values()
+        value
+        if isinstance(value, str)
+        else "\n".join(m["content"] for m in value)
+        if isinstance(value, list)
+        else f"label: {value}"
+        for value in record.values()
     )
 
 
@@ -90,6 +98,8 @@ def prompt_text(record: dict) -> str:
 def is_empty(record: dict) -> bool:
     """No text at all, or a user/assistant turn (or a whole side of a pair) with nothing in it."""
     for value in record.values():
+        if isinstance(value, bool):  # an unpaired preference's label
+            continue
         if isinstance(value, str):
             if not value:
                 return True
@@ -200,6 +210,8 @@ def _measure(records: list[dict], kind: str, tokenizer) -> list[tuple[int | None
         chosen = _token_ids(tokenizer, [r["prompt"] + r["chosen"] for r in records])
         rejected = _token_ids(tokenizer, [r["prompt"] + r["rejected"] for r in records])
         return [(max(len(c), len(r)), None) for c, r in zip(chosen, rejected, strict=True)]
+    if kind == "unpaired":
+        return [(len(ids), None) for ids in _token_ids(tokenizer, [r["prompt"] + r["completion"] for r in records])]
     conversations = [r["messages"] for r in records]
     out = tokenizer.apply_chat_template(conversations, return_dict=True, return_assistant_tokens_mask=True)
     results = []

@@ -11,29 +11,25 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from ..cli import UserError, suggest
 from ..config import Origin, build, load_nested
-from ..config import describe as describe_type
+from ..config import help_field as _help
 from ..models import DEFAULT_MODEL
 from .formats import FORMATS, KINDS, ROLES
 
 STANDARD_COLUMNS = sorted({c for required, optional, _ in FORMATS.values() for c in required + optional} | {"text"})
 
 
-def _help(text: str, **kwargs):
-    return field(metadata={"help": text}, **kwargs)
-
-
 @dataclass
 class SourceConfig:
     path: str = _help(
-        "local file (.jsonl .json .csv .parquet .txt .md; .jsonl/.json also as .gz .bz2 .xz .zst), folder, glob "
-        "(data/train-*.parquet), or Hub dataset id"
+        "local file (.jsonl .json .csv .parquet .txt .md; .jsonl/.json also as .gz .bz2 .xz .zst), folder (read as "
+        "datasets.load_dataset reads it: one split of it, see split), glob (data/train-*.parquet: one table), or Hub "
+        "dataset id"
     )
     format: Literal["auto", *FORMATS] = _help(
         "input format; auto detects it from the columns and logs it", default="auto"
@@ -41,8 +37,15 @@ class SourceConfig:
     weight: float = _help(
         "training mixture: 0.5 keeps a random half of the cleaned rows, 2.0 repeats them", default=1.0
     )
-    split: str = _help("split of a Hub dataset (local files have one: train)", default="train")
-    subset: str | None = _help("config name of a Hub dataset", default=None)
+    split: str = _help(
+        "the split to read from a Hub dataset or a local folder: splits come from file and folder names "
+        "(data/train-*.parquet, test.jsonl) or the folder's README.md `configs`; a folder without split names is all "
+        "train; a file or glob has no splits",
+        default="train",
+    )
+    subset: str | None = _help(
+        "config name of a Hub dataset (or of a local folder's README.md `configs`)", default=None
+    )
     columns: dict[str, str] = _help(
         "standard field -> this source's column, e.g. {prompt: question}", default_factory=dict
     )
@@ -90,7 +93,8 @@ class CleaningConfig:
 @dataclass
 class DatasetConfig:
     kind: Literal[KINDS] = _help(
-        "output format: text (CPT), messages (SFT), preferences (reward model), prompts (PPO)"
+        "output format: text (CPT), messages (SFT), preferences (reward model, DPO), prompts (PPO, GRPO, RLOO, "
+        "online DPO), unpaired (prompt, completion, label: KTO)"
     )
     sources: list[SourceConfig] = _help("training sources (a bare string is a path), mixed by weight")
     eval_sources: list[SourceConfig] = _help(
@@ -121,13 +125,10 @@ class DataConfig:
 
 
 # ------------------------------------------------------------------------------------------------------- loading
-USAGE = """\
-usage: python recipes/prepare_data.py --config FILE.yaml [--only NAME,...] [--dotted.key VALUE ...]
-
-options:
-  --config FILE     the data YAML, e.g. configs/smollm2-135m/data.yaml
-  --only NAME,...   comma-separated names of the datasets to prepare (default: all of them)
-  --KEY VALUE       any key of the schema below, dotted for nested keys and list items
+OPTIONS = """\
+options of data preparation:
+  --only NAME,...   comma-separated names of the datasets to prepare (default: all of them), e.g. --only sft
+  --KEY VALUE       any key below, dotted for nested keys and list items
                     (--datasets.sft.cleaning.max_tokens 512, --datasets.sft.sources.1.weight 2)
 """
 
@@ -137,12 +138,11 @@ def parse_argv(argv: list[str] | None = None) -> tuple[DataConfig, Origin, list[
 
     `--help` prints the usage and the schema and exits 0; every user mistake is one UserError sentence.
     """
+    from .. import stages
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--help" in argv or "-h" in argv:
-        print(USAGE + "\n" + schema_help())
-        raise SystemExit(0)
     argv, only = _take_only(argv)
-    config, where = load_nested(DataConfig, argv, prepare=_spread_cleaning)
+    config, where = load_nested(DataConfig, argv, prepare=_spread_cleaning, stage=stages.get("data"), extra=OPTIONS)
     validate(config, where)
     check_only(config, where, only)
     return config, where, only
@@ -252,35 +252,3 @@ def _validate_cleaning(c: CleaningConfig, key: str, where: Origin) -> None:
     _check(c.decontamination_ngram >= 0, f"{key}.decontamination_ngram", where, "must be >= 0")
     _check(0 <= c.decontamination_min_overlap <= 1, f"{key}.decontamination_min_overlap", where, "must be in [0, 1]")
     _check(c.examples_per_reason >= 0, f"{key}.examples_per_reason", where, "must be >= 0")
-
-
-# -------------------------------------------------------------------------------------------------------- schema
-def schema_help() -> str:
-    """The config schema, generated from the dataclasses (so --help never drifts from the loader)."""
-    lines = [
-        "config schema (YAML; any key can be overridden as --dotted.key VALUE, e.g. --datasets.sft.cleaning."
-        "max_tokens 512):"
-    ]
-    seen: dict[type, str] = {CleaningConfig: "the top-level cleaning below"}
-
-    def walk(cls, indent: str) -> None:
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            tp = hints[f.name]
-            inner = typing.get_args(tp)[-1] if typing.get_origin(tp) in (list, dict) else tp
-            default = "" if f.default in (dataclasses.MISSING, None) else f" = {f.default!r}"
-            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-            note = ("(required) " if required else "") + f.metadata["help"]
-            if not dataclasses.is_dataclass(inner):
-                lines.append(f"{indent}{f.name}: {describe_type(tp)}{default}  {note}")
-                continue
-            shape = {list: "list of ", dict: "name -> "}.get(typing.get_origin(tp), "")
-            if inner in seen and indent != "  ":  # the top level lists everything
-                lines.append(f"{indent}{f.name}: {shape}{{same keys as {seen[inner]}}}  {note}")
-                continue
-            seen[inner] = f.name
-            lines.append(f"{indent}{f.name}: {shape}{{...}}  {note}")
-            walk(inner, indent + "    ")
-
-    walk(DataConfig, "  ")
-    return "\n".join(lines)

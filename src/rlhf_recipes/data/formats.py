@@ -1,23 +1,29 @@
-"""Input formats and their conversion into TRL's standard formats (the four output kinds).
+"""Input formats and their conversion into TRL's standard formats (the five output kinds).
 
-Output kinds, one TRL standard format each (what the stage recipes load):
+Output kinds, one TRL dataset type each (what the stage recipes load), every message list `[{"role", "content"}]`:
 
-- `text`        `{"text": str}`                                             continued pretraining
-- `messages`    `{"messages": [{"role", "content"}, ...]}`                  supervised fine-tuning
-- `preferences` `{"prompt": [messages], "chosen": [messages], "rejected": [messages]}`   reward model (explicit prompt)
-- `prompts`     `{"prompt": [messages]}`                                    PPO
+- `text`        `{"text": str}`                                      language modelling: continued pretraining
+- `messages`    `{"messages": [...]}`                                conversational language modelling: SFT
+- `preferences` `{"prompt": [...], "chosen": [...], "rejected": [...]}`   preference, explicit prompt: reward model, DPO
+- `prompts`     `{"prompt": [...]}`                                  prompt-only: PPO, GRPO, RLOO, online DPO
+- `unpaired`    `{"prompt": [...], "completion": [...], "label": bool}`  unpaired preference: KTO
 
-Input formats (`format:` of a source; `auto` detects it from the column names and logs the result):
+Input formats (`format:` of a source; `auto` detects it from the column names and logs the result). Every TRL type
+is read in its standard (strings) and its conversational (message lists) form:
 
-- `text`             `text` column (also every folder of plain-text files)
-- `messages`         OpenAI-style `messages` with `role`/`content`
+- `text`             `text` column (also every folder of plain-text files); TRL's language modelling
+- `messages`         OpenAI-style `messages` with `role`/`content`; TRL's conversational language modelling
 - `sharegpt`         `conversations` with `from`/`value` (`human`/`gpt`/`system`), optional `system` column
 - `alpaca`           `instruction`, optional `input`, `output`, optional `system`
-- `prompt_response`  one prompt and one answer: `prompt`/`response`, also `prompt`/`completion`, `question`/`answer`,
-                     `query`/`response`, `instruction`/`response`, `input`/`output`
-- `preferences`      `prompt` (optional) / `chosen` / `rejected`, as strings or message lists (TRL's formats)
+- `prompt_response`  one prompt and one answer, TRL's prompt-completion: `prompt`/`completion`, also
+                     `prompt`/`response`, `question`/`answer`, `query`/`response`, `instruction`/`response`,
+                     `input`/`output`; each a string or a message list (conversational prompt-completion)
+- `preferences`      `prompt` (optional) / `chosen` / `rejected`, as strings or message lists (TRL's preference
+                     types, explicit and implicit prompt)
 - `hh`               Anthropic HH strings: `chosen`/`rejected` = `"\\n\\nHuman: ...\\n\\nAssistant: ..."`
-- `prompts`          `prompt` only, as a string or a message list
+- `prompts`          `prompt` only, as a string or a message list (TRL's prompt-only)
+- `unpaired`         `prompt` / `completion` / `label` (true: a good answer), strings or message lists (TRL's
+                     unpaired preference)
 
 Converters raise `RecordError(field, problem)` for a malformed record; the caller adds the file and line.
 """
@@ -28,12 +34,13 @@ import re
 
 from datasets import Features, List, Value
 
-KINDS = ("text", "messages", "preferences", "prompts")
+KINDS = ("text", "messages", "preferences", "prompts", "unpaired")
 FIELDS = {
     "text": ("text",),
     "messages": ("messages",),
     "preferences": ("prompt", "chosen", "rejected"),
     "prompts": ("prompt",),
+    "unpaired": ("prompt", "completion", "label"),
 }
 
 _MESSAGE = {"role": Value("string"), "content": Value("string")}
@@ -42,6 +49,7 @@ FEATURES = {
     "messages": Features({"messages": List(_MESSAGE)}),
     "preferences": Features({"prompt": List(_MESSAGE), "chosen": List(_MESSAGE), "rejected": List(_MESSAGE)}),
     "prompts": Features({"prompt": List(_MESSAGE)}),
+    "unpaired": Features({"prompt": List(_MESSAGE), "completion": List(_MESSAGE), "label": Value("bool")}),
 }
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -68,7 +76,9 @@ FORMATS = {
     "preferences": (("chosen", "rejected"), ("prompt",), ("preferences", "messages", "prompts")),
     "hh": (("chosen", "rejected"), (), ("preferences", "messages", "prompts")),
     "prompts": (("prompt",), (), ("prompts",)),
+    "unpaired": (("prompt", "completion", "label"), ("system",), ("unpaired", "prompts")),
 }
+_LABELS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 _HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
 
@@ -93,6 +103,8 @@ def detect_format(columns: list[str], first_row: dict) -> str | None:
         if "prompt" not in names and isinstance(chosen, str) and "Assistant:" in chosen:
             return "hh"
         return "preferences"
+    if {"prompt", "completion", "label"} <= names:
+        return "unpaired"
     if {"instruction", "output"} <= names:
         return "alpaca"
     if prompt_response_columns(columns):
@@ -192,12 +204,23 @@ def _conversation(record: dict, fmt: str, roles: dict[str, str]) -> list[dict]:
         user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
         answer = _string(record.get("output"), "output")
         return _system(record) + [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
-    prompt, response = _string(record.get("prompt"), "prompt"), _string(record.get("response"), "response")
-    return _system(record) + [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    prompt = _side(_required(record, "prompt"), "prompt", roles, "user")  # a string, or messages (conversational)
+    return _system(record) + prompt + _side(_required(record, "response"), "response", roles, "assistant")
 
 
 def _side(value, field: str, roles: dict[str, str], role: str) -> list[dict]:
     return [{"role": role, "content": value}] if isinstance(value, str) else to_messages(value, field, roles)
+
+
+def _label(value) -> bool:
+    """An unpaired preference's label: true (a desirable answer) or false; 1/0 and "true"/"false" (CSV) too."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _LABELS:
+        return _LABELS[value.strip().lower()]
+    raise RecordError("label", f"must be true or false (1/0), not {value!r:.40}")
 
 
 def _full_conversation(value) -> bool:
@@ -220,12 +243,25 @@ def _pair(record: dict, fmt: str, roles: dict[str, str]) -> dict:
             "chosen": _side(_required(record, "chosen"), "chosen", roles, "assistant"),
             "rejected": _side(_required(record, "rejected"), "rejected", roles, "assistant"),
         }
-    else:  # implicit prompt: two full conversations sharing their beginning
+    else:  # implicit prompt: two full conversations (or two texts, TRL's standard type) sharing their beginning
         chosen, rejected = _required(record, "chosen"), _required(record, "rejected")
-        if isinstance(chosen, str) or isinstance(rejected, str):
-            raise RecordError("prompt", "is missing; string chosen/rejected need a prompt column (or use format: hh)")
-        sides = {"chosen": to_messages(chosen, "chosen", roles), "rejected": to_messages(rejected, "rejected", roles)}
-        pair = extract_prompt(sides)
+        if isinstance(chosen, str) and isinstance(rejected, str):
+            texts = extract_prompt({"chosen": chosen, "rejected": rejected})
+            pair = {
+                "prompt": [{"role": "user", "content": texts["prompt"].strip()}] if texts["prompt"].strip() else []
+            }
+            pair.update(
+                {side: [{"role": "assistant", "content": texts[side].strip()}] for side in ("chosen", "rejected")}
+            )
+        elif isinstance(chosen, str) or isinstance(rejected, str):
+            raise RecordError(
+                "rejected" if isinstance(chosen, str) else "chosen", "must be a string like the other side"
+            )
+        else:
+            sides = {
+                side: to_messages(value, side, roles) for side, value in (("chosen", chosen), ("rejected", rejected))
+            }
+            pair = extract_prompt(sides)
     if not pair["prompt"]:
         raise RecordError("chosen", "shares no prompt with 'rejected'; both must start with the same conversation")
     if pair["chosen"] and pair["chosen"][0]["role"] != "assistant":
@@ -251,6 +287,12 @@ def convert(record: dict, fmt: str, kind: str, roles: dict[str, str]) -> dict:
         return {"text": _string(record.get("text"), "text")}
     if fmt == "prompts":
         return {"prompt": _side(_required(record, "prompt"), "prompt", roles, "user")}
+    if fmt == "unpaired":
+        prompt = _system(record) + _side(_required(record, "prompt"), "prompt", roles, "user")
+        if kind == "prompts":
+            return {"prompt": prompt}
+        completion = _side(_required(record, "completion"), "completion", roles, "assistant")
+        return {"prompt": prompt, "completion": completion, "label": _label(record.get("label"))}
     if fmt in ("preferences", "hh"):
         pair = _pair(record, fmt, roles)
         if kind == "messages":
@@ -262,4 +304,4 @@ def convert(record: dict, fmt: str, kind: str, roles: dict[str, str]) -> dict:
 
 def empty_record(kind: str) -> dict:
     """The placeholder written in place of a record that failed to convert."""
-    return {field: "" if kind == "text" else [] for field in FIELDS[kind]}
+    return {field: "" if kind == "text" else False if field == "label" else [] for field in FIELDS[kind]}

@@ -113,7 +113,7 @@ def _load_dataset_sources(config: DataConfig, name: str, where: Origin, cache_di
 def _tokenizer(config: DataConfig, where: Origin, kinds: set[str]):
     """The tokenizer that measures lengths, with the chat template the kinds need."""
     try:
-        tokenizer = load_tokenizer(resolve_model_path(config.tokenizer))
+        tokenizer = load_tokenizer(resolve_model_path(config.tokenizer, "tokenizer", where("tokenizer")))
     except (OSError, ValueError) as error:
         raise UserError(
             f"cannot load the tokenizer '{config.tokenizer}' (key 'tokenizer' {where('tokenizer')}): "
@@ -122,7 +122,7 @@ def _tokenizer(config: DataConfig, where: Origin, kinds: set[str]):
     if kinds - {"text"} and not tokenizer.chat_template:
         raise UserError(
             f"the tokenizer '{config.tokenizer}' (key 'tokenizer' {where('tokenizer')}) has no chat "
-            "template, which the messages, preferences and prompts kinds need; use a chat model's."
+            "template, which every kind but text needs; use a chat model's."
         )
     if "messages" in kinds and not re.search(r"\{%-?\s*generation\s*-?%\}", tokenizer.chat_template):
         raise UserError(

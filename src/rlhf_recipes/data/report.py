@@ -148,6 +148,8 @@ def _source_rows(splits: list[Split], references: list[Loaded]) -> list[dict]:
                     "rows_loaded": part.rows,
                     "rows_kept": int(mine[split.kept].sum()),
                     "rows_written": int(mine[split.written].sum()),
+                    "source_split": part.config.split,
+                    "splits_not_read": part.other_splits,  # a folder's other splits (test files are not training)
                 }
             )
     for part in references:
@@ -229,6 +231,12 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {s['split']} | `{s['path']}` | {fmt} | {s['weight']} | {s['rows_loaded']} | {kept} | {written} |"
         )
+    lines += [
+        f"\n`{s['path']}`: split `{s['source_split']}` read; not read: "
+        + ", ".join(f"`{name}` ({count} files)" for name, count in s["splits_not_read"].items())
+        for s in report["sources"]
+        if s.get("splits_not_read")
+    ]
     for split, data in report["splits"].items():
         lines += [
             "",

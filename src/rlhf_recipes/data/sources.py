@@ -3,8 +3,9 @@ every record into the output kind; a malformed record is named by its file and l
 
 Local files: `.jsonl` `.json` `.csv` `.parquet` `.txt` `.md`; JSON and JSON Lines also compressed as `.gz`, `.bz2`,
 `.xz` or `.zst` (how HH-RLHF and most corpora ship; `datasets` reads them natively, zstd through `zstandard`); a
-folder (every file in it); or a glob (`data/train-*.parquet`: the shards of one table). Anything else that looks like
-`org/name` is a Hub dataset id.
+folder, whose files are split as `datasets.load_dataset(folder)` splits them (`folder_split`: a Hub snapshot's
+`data/train-*.parquet` and `data/test-*.parquet` are two splits, its README.md is the card, not data); or a glob
+(`data/train-*.parquet`: the shards of one table). Anything else that looks like `org/name` is a Hub dataset id.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import offline
 from ..cli import UserError
 from ..config import Origin
 from .config import SourceConfig
@@ -48,6 +50,7 @@ class Source:
     index: int
     files: list[Path] | None
     builder: str
+    other_splits: dict[str, int] = field(default_factory=dict)  # a folder's splits not read: name -> file count
 
     @property
     def name(self) -> str:
@@ -65,13 +68,6 @@ class Loaded(Source):
     dataset: object = None
 
 
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    flags = (os.environ.get(v, "").upper() for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-    return bool(constants.HF_HUB_OFFLINE) or any(f in ("1", "ON", "YES", "TRUE") for f in flags)
-
-
 def find(config: SourceConfig, key: str, where: Origin, index: int) -> Source:
     """The local files of a source and their builder, or a Hub dataset id (files None, builder "hub")."""
     path = Path(config.path).expanduser()
@@ -80,17 +76,18 @@ def find(config: SourceConfig, key: str, where: Origin, index: int) -> Source:
         if not files:
             raise UserError(f"the pattern {config.path} ({key}.path {where(key)}) matches no file; fix the path.")
     elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.parts))
-        if not files:
-            raise UserError(
-                f"the folder {config.path} ({key}.path {where(key)}) has no data files; add some or fix the path."
-            )
+        files, other_splits = folder_split(path, config, key, where)
     elif path.is_file():
         files = [path]
     elif re.fullmatch(r"[\w.-]+(/[\w.-]+)?", config.path) and path.suffix.lower() not in (*EXTENSIONS, *COMPRESSIONS):
         return Source(config, key, index, None, "hub")
     else:
         raise UserError(f"the source {config.path} ({key}.path {where(key)}) does not exist; fix the path.")
+    if not path.is_dir() and config.split != "train":
+        raise UserError(
+            f"{key}.split {where(key)} is '{config.split}', but {config.path} is a file or pattern, which has no "
+            "splits; point path at the dataset's folder (its file names or README.md name the splits) or remove split."
+        )
     for file in files:
         if builder_of(file) is None:
             extension = "".join(file.suffixes[-2:]) if file.suffix.lower() in COMPRESSIONS else file.suffix
@@ -103,7 +100,68 @@ def find(config: SourceConfig, key: str, where: Origin, index: int) -> Source:
             f"{config.path} ({key}.path {where(key)}) mixes {' and '.join(builders)} files; "
             "give each kind of file its own source."
         )
-    return Source(config, key, index, files, builders[0])
+    source = Source(config, key, index, files, builders[0], other_splits if path.is_dir() else {})
+    if source.other_splits:
+        logger.info(
+            "%s: read split '%s' (%d files); not read: %s (held-out rows belong in eval_sources, with split: NAME)",
+            config.path, config.split, len(files), ", ".join(f"{k} ({n} files)" for k, n in source.other_splits.items()),
+        )  # fmt: skip
+    return source
+
+
+def _card_configs(folder: Path):
+    """The `configs` of a folder's dataset card (README.md YAML), as `datasets` reads them; empty without a card."""
+    from datasets.utils.metadata import MetadataConfigs
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    card = folder / "README.md"
+    has_yaml = card.is_file() and card.read_text(encoding="utf-8", errors="replace").startswith("---")
+    return MetadataConfigs.from_dataset_card_data(DatasetCard.load(card).data if has_yaml else DatasetCardData())
+
+
+def folder_split(folder: Path, config: SourceConfig, key: str, where: Origin) -> tuple[list[Path], dict[str, int]]:
+    """The files of `config.split` in a local folder, split exactly as `datasets.load_dataset(folder)` splits them
+    (its own data-files resolution): by the README.md card's `configs` (`config_name`, `data_files` per split,
+    `data_dir`) when it has them, else by file and folder names (`data/train-00000-of-00002.parquet`, `test.jsonl`,
+    `validation/`); without split names every file is `train`. The card and hidden files are never data. Returns the
+    split's files and the file counts of the splits not read."""
+    from datasets.data_files import DataFilesDict, EmptyDatasetError, get_data_patterns, sanitize_patterns
+
+    where_key = f"({key}.path {where(key)})"
+    configs, base = _card_configs(folder), folder
+    try:
+        if configs:
+            names = list(configs)
+            name = config.subset or configs.get_default_config_name() or names[0]
+            if name not in configs:
+                raise UserError(
+                    f"{folder}/README.md has no config '{name}' ({key}.subset {where(key)}); its configs are "
+                    f"{', '.join(names)}."
+                )
+            params = configs[name]
+            base = folder / params["data_dir"] if params.get("data_dir") else folder
+            data_files = params.get("data_files")
+            patterns = sanitize_patterns(data_files) if data_files is not None else get_data_patterns(str(base))
+        elif config.subset is not None:
+            raise UserError(
+                f"{key}.subset {where(key)} is '{config.subset}', but {folder} has no README.md card with `configs` "
+                "to name it; remove subset."
+            )
+        else:
+            patterns = get_data_patterns(str(base))
+        splits = DataFilesDict.from_patterns(patterns, base_path=str(base))
+    except (EmptyDatasetError, FileNotFoundError) as error:
+        problem = " ".join(str(error).split())[:200]
+        raise UserError(
+            f"the folder {config.path} {where_key} has no data files ({problem}); add some or fix the path."
+        ) from None
+    files = {str(split): sorted(Path(f) for f in found) for split, found in splits.items()}
+    if config.split not in files:
+        raise UserError(
+            f"the folder {config.path} {where_key} has no split '{config.split}' (its splits: {', '.join(files)}); "
+            f"set {key}.split to one of them."
+        )
+    return files[config.split], {name: len(found) for name, found in files.items() if name != config.split}
 
 
 # ---------------------------------------------------------------------------------------------- reading, converting
@@ -125,14 +183,12 @@ def read(source: Source, where: Origin, cache_dir: str):
 
     config, key = source.config, source.key
     if source.files is None:
-        if _offline():
-            raise UserError(
-                f"the source {config.path} ({key}.path {where(key)}) is not a local file or folder, and as a Hub dataset "
-                "id it cannot be downloaded while HF_HUB_OFFLINE is set; fix the path or point it at a local copy."
-            )
+        offline.check(config.path, "dataset", f"{key}.path", where=where(key))
         try:
             return load_dataset(config.path, config.subset, split=config.split)
         except Exception as error:  # any Hub failure is the user's to fix (id, split, network, auth)
+            if offline.unreachable(error):
+                raise offline.refuse(config.path, "dataset", f"{key}.path", where(key)) from None
             message = " ".join(str(error).split())[:300]
             raise UserError(f"cannot load the Hub dataset {config.path} ({key} {where(key)}): {message}.") from None
     files, builder = source.files, source.builder

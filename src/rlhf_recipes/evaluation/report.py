@@ -156,7 +156,7 @@ def plot_comparison(report: dict, path: Path) -> bool:
 
 def write_report(report: dict, args) -> None:
     from .. import fs
-    from ..publish.cards import TRAINING_CURVES, plot_training_curves
+    from .curves import TRAINING_CURVES, plot_training_curves
 
     output_dir = fs.claim(args.output_dir, "eval")
     lineages = [lineage for m in report["models"].values() if m.get("path") and Path(m["path"]).is_dir()

@@ -22,7 +22,7 @@ def prepare_model(model_name_or_path: str | None, stage, key: str = "model_name_
     if not model_name_or_path:
         raise UserError(f"`{key}` is not set; give a Hub id, a folder, or embedded:SmolLM2-135M-Instruct.")
     require_kind(model_name_or_path, stage.model_keys[key], key)
-    return resolve_model_path(model_name_or_path)
+    return resolve_model_path(model_name_or_path, key)
 
 
 def model_init_kwargs(model_args) -> dict:
@@ -53,8 +53,14 @@ def _columns(stage, training_args) -> tuple[str, ...]:
 
 
 def load_splits(script_args, training_args, stage):
-    """The train split and, when evaluation is on, the test split of `dataset_name`, checked for the stage's columns."""
+    """The train split and, when evaluation is on, the test split of `dataset_name`, checked for the stage's columns.
+
+    A folder is read as `datasets.load_dataset(folder)` reads it: a Hub snapshot's `data/train-*.parquet` and
+    `data/test-*.parquet` (or its README.md card's `configs`) are two splits, so test rows never reach training; a Hub
+    id that cannot be fetched (offline, no network) is one sentence."""
     from datasets import load_dataset
+
+    from .. import offline
 
     name = script_args.dataset_name
     if not name:
@@ -66,9 +72,13 @@ def load_splits(script_args, training_args, stage):
     empty = sorted(p.name for p in Path(name).glob("*.json*") if p.is_file() and p.stat().st_size == 0)
     if empty:
         raise UserError(f"dataset_name={name}: {empty[0]} is empty; put the split's rows in it (or remove the file).")
+    if offline.looks_like_hub_id(name):
+        offline.check(name, "dataset", "dataset_name")
     try:
         dataset = load_dataset(name, name=script_args.dataset_config, streaming=script_args.dataset_streaming)
     except Exception as error:  # datasets raises many kinds for unreadable data; all are the user's to fix
+        if offline.looks_like_hub_id(name) and offline.unreachable(error):
+            raise offline.refuse(name, "dataset", "dataset_name") from None
         raise UserError(f"cannot load dataset_name={name}: {' '.join(str(error).split())[:300]}") from None
     splits = {script_args.dataset_train_split}
     if training_args.eval_strategy != "no":
@@ -76,7 +86,11 @@ def load_splits(script_args, training_args, stage):
     columns = _columns(stage, training_args)
     for split in sorted(splits):
         if split not in dataset:
-            hint = "set eval_strategy: no, or add the split" if split == script_args.dataset_test_split else "set it"
+            train = split == script_args.dataset_train_split
+            key = "dataset_train_split" if train else "dataset_test_split"
+            others = [s for s in dataset if s not in splits]
+            hint = f"set {key} to {' or '.join(others)}" if others else f"add the split or set {key}"
+            hint += "" if train else ", or set eval_strategy: no"
             raise UserError(f"dataset {name} has no '{split}' split (it has {', '.join(dataset)}); {hint}.")
         missing = [c for c in columns if c not in (dataset[split].column_names or [])]
         if missing:
