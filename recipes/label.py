@@ -14,13 +14,14 @@ export writes every ranking's C(K,2) pairs (ties skipped), grouped by prompt, wi
 """
 
 from rlhf_recipes import cli
-from rlhf_recipes.feedback.config import LabelArguments, check_heldout
+from rlhf_recipes.feedback.config import LabelArguments, check_heldout, parse_logins, read_guidelines
 from rlhf_recipes.feedback.export import write_pairs
 from rlhf_recipes.feedback.store import Store
 
 
 def main(args: LabelArguments) -> dict:
     check_heldout(args.heldout_pairs)  # before anyone ranks: the export at the end reads it
+    guidelines, logins = read_guidelines(args.guidelines), parse_logins(args.login)
     store = Store(args.store, create=False)  # a store that does not exist has nothing to rank: one sentence
     if (args.wait or args.ranker != "human") and not store.prompt_ids(args.round):
         raise cli.UserError(
@@ -28,10 +29,10 @@ def main(args: LabelArguments) -> dict:
             f"recipes/collect.py --config configs/smollm2-135m/collect.yaml --round {args.round}), or check --round."
         )
     if args.ranker == "human" and args.wait:  # the page, until every prompt of the round is ranked
-        from rlhf_recipes.feedback.app import parse_logins, serve
+        from rlhf_recipes.feedback.app import serve
 
         serve(store, args.round, host=args.host, port=args.port, per_prompt=args.per_prompt,
-              auth=parse_logins(args.login) or None, until_done=True)  # fmt: skip
+              auth=logins or None, until_done=True, guidelines=guidelines)  # fmt: skip
     elif args.ranker != "human":
         from rlhf_recipes.feedback.rankers import load_ranker, rank_round
 

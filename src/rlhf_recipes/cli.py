@@ -118,6 +118,9 @@ def parse_config(
     chosen = {}
 
     def resolve(values: dict, where) -> dict:
+        from . import validation
+
+        validation.check_given(values, hints, where)  # ranges first: TRL's __post_init__ divides by some values
         if "bf16" not in hints:
             return values
         from .config import coerce

@@ -81,22 +81,34 @@ def _where(config, key: str) -> str:
     return source(key) if source else "in the config"
 
 
+def _check(key: str, value, where: str) -> None:
+    ok, must = RULES[key]
+    if value is None and key not in ("lora_alpha", "learning_rate"):
+        return
+    try:  # a list (online DPO's `beta: [0.1]`, one per epoch) is checked item by item
+        good = all(ok(v) for v in value) if isinstance(value, list) and key != "export_rounds" else bool(ok(value))
+    except TypeError:
+        good = False
+    if not good:
+        raise UserError(f"key '{key}' {where} is {value!r}, but it {must}; fix it.")
+
+
+def check_given(values: dict, hints: dict, origin) -> None:
+    """The values given in the YAML or on the command line, before the dataclasses are built: TRL's `__post_init__`
+    divides by some of them (`num_generations: 0` is a ZeroDivisionError there, not a sentence)."""
+    from .config import coerce
+
+    for key in RULES.keys() & values.keys():
+        if key in hints:
+            _check(key, coerce(hints[key], values[key], key, origin, lenient=True), origin(key))
+
+
 def check_values(parsed: tuple, origin=None) -> None:
     """Every value a rule in RULES covers, on every parsed dataclass of the stage."""
     for config in parsed:
-        for key, (ok, must) in RULES.items():
-            if not hasattr(config, key):
-                continue
-            value = getattr(config, key)
-            if value is None and key not in ("lora_alpha", "learning_rate"):
-                continue
-            try:
-                good = bool(ok(value))
-            except TypeError:
-                good = False
-            if not good:
-                where = origin(key) if origin else "in the config"
-                raise UserError(f"key '{key}' {where} is {value!r}, but it {must}; fix it.")
+        for key in RULES:
+            if hasattr(config, key):
+                _check(key, getattr(config, key), origin(key) if origin else "in the config")
         full_ft = getattr(config, "use_peft", True) is False and not getattr(config, "load_in_4bit", False)
         if full_ft and getattr(config, "dtype", None) in (
             "bfloat16",

@@ -9,6 +9,7 @@ import time
 
 from ..cli import UserError
 from .config import CollectArguments
+from .database import display_name
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def check_round_model(store: Store, args: CollectArguments, ids: list[int], summ
             )
 
 
-def sample_round(args: CollectArguments, store: Store) -> dict:
+def sample_round(args: CollectArguments, store: Store, prompts: list) -> dict:
     import torch
     from tqdm.auto import tqdm
 
@@ -73,7 +74,7 @@ def sample_round(args: CollectArguments, store: Store) -> dict:
         raise UserError(
             "model is not set; give the stage output to sample answers from, e.g. outputs/smollm2-135m/ppo."
         )
-    prompts = [as_messages(p) for p in round_prompts(args)]
+    prompts = [as_messages(p) for p in prompts]
     ids = [store.add_prompt(p, source=f"{args.prompt_dataset}:{args.split}") for p in prompts]
     summary = model_summary(args.model)
     check_round_model(store, args, ids, summary)
@@ -96,28 +97,37 @@ def sample_round(args: CollectArguments, store: Store) -> dict:
             answers = loaded.answers(repeated, args.max_new_tokens, args.batch_size, args.temperature)
             for n, (prompt_id, _) in enumerate(chunk):
                 mine = answers[n * args.k : (n + 1) * args.k]
-                store.add_candidates(prompt_id, args.round, [a.text for a in mine], args.model, summary, sampling)
+                cut = [not a.ended for a in mine]  # stopped at max_new_tokens: the ranking page marks it
+                store.add_candidates(prompt_id, args.round, [a.text for a in mine], args.model, summary, sampling, cut)
                 counts["candidates"] += len(mine)
                 counts["cut_without_eos"] += sum(not a.ended for a in mine)
     return {"source": "model", "model": args.model, "sampling": sampling, **counts}
 
 
 def run_collect(args: CollectArguments) -> dict:
+    """Sample (or import) into the store: what can be checked without it (the prompts, the import file) is checked
+    before the store is opened or created, so a mistake leaves no new, empty store behind."""
     from pathlib import Path
 
     from .. import fs
 
     started = time.time()
-    store = Store(args.store)
-    store.check_usable()  # a damaged, read-only or full store: one sentence now, not after the sampling
     if args.import_path:
-        from .importers import import_rankings
+        from .importers import read_rankings, save_rankings
 
-        report = import_rankings(store, args.import_path, args.import_format, args.round, args.import_split)
+        items, counts = read_rankings(args.import_path, args.import_format, args.import_split)
+        report = save_rankings(_open(args.store), items, counts, args.import_path, args.import_format, args.round)
     else:
-        report = sample_round(args, store)
-    report.update(round=args.round, store=store.url, seconds=round(time.time() - started, 1))
+        prompts = round_prompts(args)
+        report = sample_round(args, _open(args.store), prompts)
+    report.update(round=args.round, store=display_name(args.store), seconds=round(time.time() - started, 1))
     with fs.build_aside(args.output_dir, what="collect", replace=True) as folder:
         fs.atomic_write_json(Path(folder) / "collect.json", report)
     logger.info("round %d: %s", args.round, report)
     return report
+
+
+def _open(location: str) -> Store:
+    store = Store(location)
+    store.check_usable()  # a damaged, read-only or full store: one sentence now, not after the sampling
+    return store

@@ -68,6 +68,9 @@ class LabelArguments:
         "user:password pairs allowed to label (required on an exposed address)", default_factory=list
     )
     per_prompt: int = _help("people who rank each prompt (2+: the report gives their agreement)", default=1)
+    guidelines: str | None = _help(
+        "a Markdown file of labelling guidelines, shown folded out at the top of the ranking page", default=None
+    )
     wait: bool = _help(
         "human: serve until every prompt of the round is ranked; false: export what is ranked now", default=True
     )
@@ -102,3 +105,42 @@ def check_heldout(heldout: str | None) -> None:
             f"heldout_pairs={heldout} does not exist; give the preferences folder of the data stage (e.g. "
             "outputs/smollm2-135m/data/preferences) or leave it unset."
         )
+
+
+def read_guidelines(path: str | None) -> str | None:
+    """The labelling guidelines' Markdown, read before the page starts; a missing or unreadable file is one sentence."""
+    from pathlib import Path
+
+    from ..cli import UserError
+
+    if not path:
+        return None
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise UserError(
+            f"guidelines={path} cannot be read ({reason}); give a Markdown file, or leave it unset."
+        ) from None
+    if not text.strip():
+        raise UserError(f"guidelines={path} is empty; write the labelling guidelines in it, or leave it unset.")
+    return text
+
+
+def parse_logins(pairs: list[str]) -> list[tuple[str, str]]:
+    """`name:password` strings (one `--login` each) as (name, password) pairs; every one is honoured, and an empty
+    name or password, or a name given twice, is one sentence."""
+    from ..cli import UserError
+
+    logins = []
+    for pair in pairs:
+        name, colon, password = pair.partition(":")
+        if not colon or not name.strip() or not password:
+            raise UserError(
+                f"login {pair!r} must be name:password with neither part empty (one --login per labeller, e.g. "
+                "--login alice:secret --login bob:pw)."
+            )
+        if name in dict(logins):
+            raise UserError(f"login: the name {name!r} is given twice; give each labeller one name:password.")
+        logins.append((name, password))
+    return logins

@@ -68,6 +68,7 @@ tickets = sa.Table(
 # sqlite3's words for a fault -> what it means for the person who has to fix it
 _FAULTS = (
     ("disk is full", "the disk holding it is full", "free some space"),
+    ("disk full", "the disk holding it is full", "free some space"),
     ("readonly database", "it is read-only", "make it writable"),
     ("unable to open", "it cannot be opened", "check that its folder exists and is writable"),
     ("not a database", "it is damaged or not a comparison store", "restore it from a backup or give another store"),
@@ -95,10 +96,21 @@ class StoreFault(Rejected, UserError):
 def fault_message(store: str, error: sa.exc.DBAPIError, doing: str = "saved") -> str | None:
     """One sentence for a database fault, None for anything else (a bug: its traceback stays)."""
     reason = " ".join(str(getattr(error, "orig", error)).split())
+    if "i/o error" in reason.lower() and "://" not in store and _nearly_full(Path(store).expanduser().parent):
+        reason += ", with the disk full"  # SQLite says I/O error when it cannot grow its shared-memory file
     for words, meaning, fix in _FAULTS:
         if words in reason.lower():
             return f"the comparison store {store} failed ({meaning}: {reason}); nothing was {doing}: {fix} and retry."
     return None
+
+
+def _nearly_full(folder: Path) -> bool:
+    import shutil
+
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20  # under 1 MiB: SQLite cannot map its -shm (32 KiB) and WAL
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager

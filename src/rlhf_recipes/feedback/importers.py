@@ -199,12 +199,12 @@ def ranking_items(row, where: str, counts: Counter):
         yield (messages, *_ranking(texts, ranks, where), labeller)
 
 
-def import_rankings(store, path: str, kind: str, round: int, split: str = "train") -> dict:
-    """Read and check the whole file, then save every ranking in one transaction; returns the counts."""
+def read_rankings(path: str, kind: str, split: str = "train") -> tuple[list, Counter]:
+    """Every ranking of the file, read and checked whole before the store is touched: (where, messages, texts, tiers,
+    labeller) items and the counts of what was left out."""
     from .store import prompt_key
 
-    counts, ranker, items, first = Counter(), f"import:{kind}", [], {}
-    stored = store.answer_texts(round)
+    counts, items, first = Counter(), [], {}
     for where, row in _rows(path, split):
         found = ((m, t, k, "oasst") for m, t, k in oasst_items(row, where, counts)) if kind == "oasst" else None
         for messages, texts, tiers, labeller in found or ranking_items(row, where, counts):
@@ -217,16 +217,32 @@ def import_rankings(store, path: str, kind: str, round: int, split: str = "train
                     f"import_path {where} ranks other answers to the prompt of {first[key][0]}; a round holds one "
                     "set of answers per prompt, so import them into another round."
                 )
-            if key in stored and set(texts) != stored[key]:
-                raise UserError(
-                    f"import_path {where}: round {round} of {store.url} already holds other answers to this prompt; "
-                    "import into a new round (--round) or a new store."
-                )
             first.setdefault(key, (where, set(texts)))
-            items.append((messages, texts, tiers, labeller))
-            counts["rankings"] += 1
-            counts["candidates"] += len(texts)
+            items.append((where, messages, texts, tiers, labeller))
     if not items:
         raise UserError(f"import_path: {path} holds no ranking of two or more answers ({dict(counts) or 'no rows'}).")
-    store.import_rankings(items, round, ranker, path)
+    return items, counts
+
+
+def save_rankings(store, items: list, counts: Counter, path: str, kind: str, round: int) -> dict:
+    """Checked against the store's round (one set of answers per prompt), then saved in one transaction."""
+    from .store import prompt_key
+
+    stored = store.answer_texts(round)
+    for where, messages, texts, _, _ in items:
+        known = stored.get(prompt_key(messages))
+        if known is not None and set(texts) != known:
+            raise UserError(
+                f"import_path {where}: round {round} of {store.url} already holds other answers to this prompt; "
+                "import into a new round (--round) or a new store."
+            )
+    ranker = f"import:{kind}"
+    store.import_rankings([item[1:] for item in items], round, ranker, path)
+    counts.update(rankings=len(items), candidates=sum(len(item[2]) for item in items))
     return {"source": ranker, "import_path": path, **dict(counts)}
+
+
+def import_rankings(store, path: str, kind: str, round: int, split: str = "train") -> dict:
+    """Read and check the whole file, then save every ranking in one transaction; returns the counts."""
+    items, counts = read_rankings(path, kind, split)
+    return save_rankings(store, items, counts, path, kind, round)

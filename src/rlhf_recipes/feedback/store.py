@@ -19,7 +19,7 @@ import json
 import random
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
@@ -41,6 +41,7 @@ class Task:
     messages: list[dict]
     answers: list[str]  # shown order; the model that wrote each is not shown
     candidate_ids: list[int]
+    cut: list[bool] = field(default_factory=list)  # shown order: sampling stopped at the length limit, not at EOS
 
 
 def prompt_key(messages) -> str:
@@ -118,10 +119,11 @@ class Store:
 
     def add_candidates(
         self, prompt_id: int, round: int, texts: list[str], model: str, lineage: dict | None = None,
-        sampling: dict | None = None,
+        sampling: dict | None = None, cut: list[bool] | None = None,
     ) -> list[int]:  # fmt: skip
         """Insert one prompt's answers from one model in one transaction; already stored ones are kept as they are
-        (a collect run killed half-way and rerun adds only what is missing)."""
+        (a collect run killed half-way and rerun adds only what is missing). `cut[i]`: answer i stopped at the
+        length limit before its end (kept in its `sampling`; the page marks it)."""
         ids = []
         with self._write() as db:
             for position, text in enumerate(texts):
@@ -133,8 +135,8 @@ class Store:
                 if row is None:
                     values = dict(
                         prompt_id=prompt_id, round=round, position=position, text=text, model=model,
-                        lineage=database.dump(lineage or {}), sampling=database.dump(sampling or {}),
-                        created_at=time.time(),
+                        lineage=database.dump(lineage or {}), created_at=time.time(),
+                        sampling=database.dump({**(sampling or {}), **({"cut": True} if cut and cut[position] else {})}),
                     )  # fmt: skip
                     row = db.execute(candidates.insert().values(**values)).inserted_primary_key
                     ids.append(row[0])
@@ -282,9 +284,11 @@ class Store:
                 issued_at=now,
             )
         )
-        texts = dict(db.execute(sa.select(candidates.c.id, candidates.c.text).where(candidates.c.id.in_(ids))).all())
+        query = sa.select(candidates.c.id, candidates.c.text, candidates.c.sampling).where(candidates.c.id.in_(ids))
+        rows = {row.id: row for row in db.execute(query)}
         messages = json.loads(db.execute(sa.select(prompts.c.messages).where(prompts.c.id == prompt_id)).scalar())
-        return Task(token, prompt_id, round, messages, [texts[i] for i in shown], shown)
+        cut = [bool(json.loads(rows[i].sampling or "{}").get("cut")) for i in shown]
+        return Task(token, prompt_id, round, messages, [rows[i].text for i in shown], shown, cut)
 
     # ------------------------------------------------------------------------------------------------ reading
     def _prompt_ids(self, db, round: int) -> list[int]:
