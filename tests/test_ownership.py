@@ -93,6 +93,17 @@ def test_folders_of_earlier_versions_keep_their_stage(tmp_path):
     assert fs.owner(tmp_path / "ppo") == fs.Owner("ppo", None, False)
 
 
+def test_a_publish_staging_with_copied_reports_is_still_publishs_own(tmp_path):
+    """publish.py copies eval.json and a data report.json into subfolders: copies, not outputs of eval or data."""
+    staged = _marked(tmp_path / "publish", "publish", publish__json="{}", lineage__json='{"stage": "ppo"}')
+    (staged / "evaluation").mkdir()
+    (staged / "evaluation" / "eval.json").write_text('{"results": []}')
+    (staged / "data_report").mkdir()
+    (staged / "data_report" / "report.json").write_text('{"generator": "rlhf_recipes.prepare_data"}')
+    assert fs.refusal(staged, "publish") is None
+    assert fs.check_output_folder(staged, "output_dir", "", what="publish staging", replace=True) == staged
+
+
 def test_the_rename_checks_again_and_keeps_the_result_aside(tmp_path):
     """A store created in the target after the check (collect's store placed inside its own output): never replaced;
     the new result is kept beside it and named. An own folder is replaced as before."""

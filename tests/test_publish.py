@@ -204,6 +204,10 @@ def test_dry_run_stages_merged_model_and_card_and_pushes_nothing(tmp_path, sft_l
     assert manifest["published"] == "merged" and manifest["merge_check"]["prompts"] == 3
     assert AutoModelForCausalLM.from_pretrained(staged).num_parameters() > 0  # loads without peft
     assert files_containing(staged, TOKEN) == []
+    # the same command again replaces its own staging (its copied eval.json and report.json are no stage's output)
+    publish(*f"--model_path {sft_lora} --output_dir {staged} --eval_path {card_inputs.eval} --parity_samples 1 "
+            "--parity_max_new_tokens 1 --data_report_path null --dry_run".split())  # fmt: skip
+    assert not (staged / "data_report").exists() and (staged / "evaluation" / "eval.json").is_file()
 
 
 def test_reward_model_publishes_merged_with_its_own_card(tmp_path, tiny_model_path, sft_lora):

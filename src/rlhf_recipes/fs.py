@@ -137,7 +137,7 @@ def refusal(folder: str | Path, stage: str, run: str | None = None) -> str | Non
     store = next(stores(folder), None)
     if store is not None:
         return f"holds the store {store.relative_to(folder)}, which no stage may replace"
-    for child in sorted(p for p in folder.iterdir() if p.is_dir()):
+    for child in sorted(p for p in folder.iterdir() if (p / MARKER).is_file()):  # a copied report is no output
         inner = owner(child)
         if inner is not None and inner.stage not in (stage, "cache"):
             made_by = f"the {inner.stage} stage" if inner.stage else "another stage"

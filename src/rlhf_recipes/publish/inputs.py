@@ -67,6 +67,8 @@ def check_model_folder(folder: str | Path, key: str = "model_path") -> None:
     else:
         raise UserError(f"{key}={folder} holds neither config.json nor adapter_config.json, so no model; {RERUN}.")
     for path in weights:
+        if not path.is_file() and path.with_suffix(".bin").is_file():
+            continue  # pickled weights of an older save: loaded as they are, not checked here
         if not path.is_file():
             raise UserError(f"{key}={folder} lacks its weights {path.name}; {RERUN}.")
         problem = safetensors_whole(path)
