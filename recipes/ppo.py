@@ -5,8 +5,10 @@
 `model_name_or_path` is the SFT output (policy, and reference with the LoRA adapter disabled); `reward_model_path`
 is the reward stage's output (reward model, and the value model's initialisation). With `use_peft` the value model
 trains through LoRA too; `load_in_4bit`, `reward_model_load_in_4bit` and `value_model_load_in_4bit` put the policy's,
-the reward model's and the value model's frozen weights in 4-bit. The reward is read as the reward model learned it
-(rlhf_recipes/scoring.py), log-probs are float32, and a killed run resumes from its last checkpoint.
+the reward model's and the value model's frozen weights in 4-bit. PPO is the project's own loop
+(rlhf_recipes/train/ppo/, one update top to bottom in loop.py): the reward is read as the reward model learned it, in
+its own chat template (rlhf_recipes/scoring.py), log-probs are float32, and a killed run resumes from its last
+checkpoint.
 """
 
 from transformers import AutoModelForCausalLM, set_seed
@@ -32,6 +34,7 @@ def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: Mod
     policy_path = common.prepare_model(model_args.model_name_or_path, STAGE)
     reward_path = common.prepare_model(training_args.reward_model_path, STAGE, key="reward_model_path")
     tokenizer = load_tokenizer(policy_path, padding_side="left")
+    reward_tokenizer = load_tokenizer(reward_path)  # the reward model scores in its own chat template
     init_kwargs = common.model_init_kwargs(model_args)
     policy = AutoModelForCausalLM.from_pretrained(policy_path, **init_kwargs)
     peft_config = get_peft_config(model_args)
@@ -41,11 +44,12 @@ def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: Mod
     if peft_config:
         value_model = add_value_adapter(value_model, peft_config)  # LoRA + score head train; its base stays frozen
 
-    # Data: {"prompt": [messages]} rows, tokenized up to the assistant's turn
+    # Data: {"prompt": [messages]} rows, tokenized up to the assistant's turn; too long for the context: dropped, counted
     training_args.eval_strategy = "no"
     train_dataset, _ = common.load_splits(script_args, training_args, STAGE)
-    train_dataset = tokenize_prompts(train_dataset, tokenizer, training_args.dataset_num_proc)
-    eval_dataset = train_dataset.select(range(min(len(train_dataset), training_args.per_device_eval_batch_size)))
+    context = getattr(policy.config, "max_position_embeddings", None)
+    room = context - training_args.response_length if context else None
+    train_dataset = tokenize_prompts(train_dataset, tokenizer, training_args.dataset_num_proc, room)
 
     # Trainer
     trainer = PPOTrainer(
@@ -56,8 +60,8 @@ def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: Mod
         reward_model=reward_model,
         value_model=value_model,
         train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
         peft_config=peft_config,
+        reward_processing_class=reward_tokenizer,
     )
     extra = rl.algorithm("ppo", training_args, KEY_SETTINGS, accuracy)
     return common.train_and_save(trainer, STAGE, model_args, script_args, training_args, final_metrics, extra)

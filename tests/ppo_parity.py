@@ -12,14 +12,17 @@ import torch
 FIXTURE = Path(__file__).parent / "data" / "ppo_trl112"
 
 # Two cases: the project's default setup (LoRA policy, its reference the adapter disabled, a LoRA value model from the
-# reward model) with the k1 estimator; and full fine-tuning (a policy copy as reference, a whole value model) with k3,
-# whitened rewards and narrow clip ranges, so that clipping and whitening take part.
+# reward model) with the k1 estimator and two mini-batches per update; and full fine-tuning (a policy copy as
+# reference, a whole value model) with k3, whitened rewards and narrow clip ranges, so that clipping and whitening
+# take part. Both use gradient_accumulation_steps: 1: with more, TRL 1.12 stepped its optimizer on every micro-batch
+# of an update whose prompts were the last batch of the loader's epoch (accelerate's `accumulate` syncs at the end of
+# a dataloader) and every gradient_accumulation_steps micro-batches otherwise; the project steps once per mini-batch.
 CASES = {
     "lora": dict(
         peft=True,
         eos_bias=6.0,
         settings=dict(
-            total_episodes=12, per_device_train_batch_size=2, gradient_accumulation_steps=2, num_mini_batches=1,
+            total_episodes=12, per_device_train_batch_size=4, gradient_accumulation_steps=1, num_mini_batches=2,
             num_ppo_epochs=2, local_rollout_forward_batch_size=4, response_length=6, temperature=0.7,
             kl_coef=0.05, kl_estimator="k1", learning_rate=1e-3, missing_eos_penalty=1.0, stop_token="eos",
         ),
@@ -28,7 +31,7 @@ CASES = {
         peft=False,
         eos_bias=8.5,
         settings=dict(
-            total_episodes=16, per_device_train_batch_size=4, gradient_accumulation_steps=2, num_mini_batches=1,
+            total_episodes=16, per_device_train_batch_size=8, gradient_accumulation_steps=1, num_mini_batches=1,
             num_ppo_epochs=2, local_rollout_forward_batch_size=8, response_length=5, temperature=1.0,
             kl_coef=0.1, kl_estimator="k3", whiten_rewards=True, cliprange=0.05, cliprange_value=0.05,
             vf_coef=0.5, learning_rate=3e-4, missing_eos_penalty=0.5, stop_token="eos",

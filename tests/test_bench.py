@@ -50,9 +50,8 @@ def test_setups_are_interleaved_round_by_round():
 def _trainer(bf16=False, fp16=False, weights="float32", ppo=None, precision=None):
     import torch
 
-    module = {"trl": "trl.experimental.ppo.ppo_trainer", "ours": "rlhf_recipes.train.ppo"}.get(ppo, "trl")
-    trl_ppo = type("PPOTrainer", (), {"__module__": "trl.experimental.ppo.ppo_trainer"})
-    cls = type("PPOTrainer" if ppo else "SFTTrainer", (trl_ppo,) if ppo else (), {"__module__": module})
+    module = {"trl": "trl.experimental.ppo.ppo_trainer", "ours": "rlhf_recipes.train.ppo.loop"}.get(ppo, "trl")
+    cls = type("PPOTrainer" if ppo else "SFTTrainer", (), {"__module__": module})  # ours is a Trainer, not TRL's
     trainer = cls()
     trainer.args = SimpleNamespace(bf16=bf16, fp16=fp16, precision=precision)
     trainer.model = torch.nn.Linear(4, 4).to(getattr(torch, weights))
@@ -65,7 +64,7 @@ def test_the_compute_dtype_is_the_autocast_one_or_the_weights():
     assert harness.compute_dtype(_trainer()) == "float32"
     assert harness.compute_dtype(_trainer(weights="bfloat16")) == "bfloat16"  # bf16 weights, no autocast
     assert harness.compute_dtype(_trainer(bf16=True, ppo="trl")) == "float32"  # TRL's PPO loop never autocasts
-    assert harness.compute_dtype(_trainer(bf16=True, ppo="ours")) == "bfloat16"  # ours does, on CPU
+    assert harness.compute_dtype(_trainer(bf16=True, ppo="ours")) == "bfloat16"  # the project's PPO autocasts
 
 
 # --- synthetic data --------------------------------------------------------------------------------------------------

@@ -113,22 +113,26 @@ def test_gradient_checkpointing_is_on_and_generation_keeps_its_cache(
     assert all(layer.gradient_checkpointing for layer in policy.get_base_model().model.layers)
     assert all(layer.gradient_checkpointing for layer in trainer.value_model.model.layers)
 
-    # In training mode, checkpointed layers drop the KV cache (measured: tokens go wrong): each generation step's
-    # logits must still equal those of one full, cache-free forward pass over the generated sequence
-    policy.train()
+    # Checkpointed layers in training mode drop the KV cache: PPO generates with checkpointing off (TRL's
+    # unwrap_model_for_generation), and each generation step's logits equal one full, cache-free forward pass
+    trainer.model.train()
     prompt = torch.tensor([[1, 42, 77, 9, 123]])
-    with torch.no_grad():
-        out = policy.generate(
+    with torch.no_grad(), trainer.generation_context() as unwrapped:
+        assert not unwrapped.is_gradient_checkpointing
+        out = unwrapped.policy.generate(
             input_ids=prompt,
             max_new_tokens=6,
             min_new_tokens=6,
             do_sample=False,
             output_logits=True,
             return_dict_in_generate=True,
+            use_cache=True,
         )
+    with torch.no_grad():
         full = policy(input_ids=out.sequences).logits[0, prompt.shape[1] - 1 : -1]
     assert torch.allclose(torch.stack(out.logits, 1)[0], full, atol=1e-4)
-    assert policy.training  # the generation wrapper restores the mode it found
+    assert trainer.unwrapped.is_gradient_checkpointing  # on again for the update
+    assert all(layer.gradient_checkpointing for layer in policy.get_base_model().model.layers)
 
 
 @pytest.mark.parametrize(

@@ -72,14 +72,15 @@ def _rollouts(tokenizer, with_eos: bool):
 def test_ppo_reward_equals_the_reward_models_training_time_score(
     family, with_eos, tokenizer_path, tiny_model_path, tiny_reward_model
 ):
-    """The score PPO gives a rollout (through its patched get_reward) equals the reward model's score of the same
-    conversation rendered as RewardTrainer renders training pairs, within 1e-5; TRL's own get_reward does not."""
+    """The score PPO gives its rollouts (the policy's SmolLM2 token ids, cut at the stop token) equals the reward
+    model's score of the same conversation rendered in the reward model's own template as RewardTrainer renders its
+    training pairs, within 1e-5, whatever the policy's template; rendered in the policy's template it would not be."""
     import copy
 
-    from rlhf_recipes.train import ppo
+    from rlhf_recipes.models import load_tokenizer
+    from rlhf_recipes.train.ppo.rollout import score_answers, truncate_at_stop
 
-    trl_get_reward = ppo.trl_ppo_module.get_reward  # TRL's own, outside the corrected loop
-
+    policy_tokenizer = load_tokenizer(str(tokenizer_path), padding_side="left")
     tokenizer, model = _family(family, tokenizer_path, copy.deepcopy(tiny_reward_model))
     model.config.pad_token_id = tokenizer.pad_token_id
     scorer = RewardScorer(model, tokenizer)
@@ -88,16 +89,16 @@ def test_ppo_reward_equals_the_reward_models_training_time_score(
     alone = torch.cat([scorer.score_ids([training_ids(tokenizer, p, a)]) for p, a in zip(PROMPTS, ANSWERS)])
     torch.testing.assert_close(expected, alone, atol=1e-5, rtol=0)
 
-    query, answer = _rollouts(tokenizer, with_eos)
-    trainer = SimpleNamespace(reward_model=model, scorer=scorer, args=SimpleNamespace(temperature=0.7))
-    with ppo.PPOTrainer._corrected_loop(trainer):
-        _, scores, _ = ppo.trl_ppo_module.get_reward(
-            model, torch.cat([query, answer], 1), tokenizer.pad_token_id, query.shape[1]
-        )
+    _, answer = _rollouts(policy_tokenizer, with_eos)
+    finished = truncate_at_stop(answer, policy_tokenizer.eos_token_id, policy_tokenizer.pad_token_id)
+    answers, scores, ended = score_answers(scorer, policy_tokenizer, PROMPTS, finished, missing_eos_penalty=None)
+    assert answers == ANSWERS and ended.tolist() == [with_eos] * len(ANSWERS)
     torch.testing.assert_close(scores, expected, atol=1e-5, rtol=0)
-    if family == "smollm2" and with_eos:  # TRL reads at <|im_end|>, one token before the trained position
-        _, trl_scores, _ = trl_get_reward(model, torch.cat([query, answer], 1), tokenizer.pad_token_id, query.shape[1])
-        assert (trl_scores - expected).abs().max() > 1e-4
+    if family != "smollm2":  # the policy's own rendering is not what this reward model was trained on
+        in_policy_template = RewardScorer(model, policy_tokenizer).score(PROMPTS, ANSWERS)
+        assert (torch.tensor(in_policy_template) - expected).abs().max() > 1e-4
+    _, penalised, _ = score_answers(scorer, policy_tokenizer, PROMPTS, finished, missing_eos_penalty=1.0)
+    torch.testing.assert_close(penalised, expected - (0.0 if with_eos else 1.0), atol=1e-5, rtol=0)
 
 
 def test_training_ids_are_what_reward_trainer_trains_on(tmp_path, tokenizer_path, tiny_model_path):
@@ -127,8 +128,7 @@ def test_training_ids_are_what_reward_trainer_trains_on(tmp_path, tokenizer_path
 
 
 def _logprob_setup(tiny_model_path, repetition_penalty=None):
-    from transformers import AutoModelForCausalLM, GenerationConfig
-    from trl.experimental.ppo.ppo_trainer import batch_generation
+    from transformers import AutoModelForCausalLM
 
     from rlhf_recipes.models import clean_generation_config, load_tokenizer
 
@@ -141,58 +141,87 @@ def _logprob_setup(tiny_model_path, repetition_penalty=None):
             model.lm_head.weight.mul_(8)
     queries = tokenizer.apply_chat_template(PROMPTS, add_generation_prompt=True, padding=True, return_tensors="pt",
                                             return_dict=True)["input_ids"]  # fmt: skip
-    temperature = 0.7
-    config = GenerationConfig(max_new_tokens=16, temperature=temperature + 1e-7, top_k=0.0, top_p=1.0, do_sample=True)
-    return model, tokenizer, queries, temperature, config, batch_generation, clean_generation_config
+    args = SimpleNamespace(response_length=16, temperature=0.7)
+    return model, tokenizer, queries, args, clean_generation_config
 
 
-def _rollout_and_forward_logprobs(model, tokenizer, queries, temperature, config, batch_generation, bf16=False):
-    """What PPO's loop computes: the rollout's log-probs (sampling) and the update's (a forward pass), through the
-    corrected loop's own functions."""
-    from trl.trainer.utils import selective_log_softmax
+def _rollout_and_forward_logprobs(model, tokenizer, queries, args):
+    """What PPO's rollout computes: the sampler's log-probs and the update's (a forward pass without padding), through
+    the project's own rollout functions."""
+    from rlhf_recipes.train.ppo.rollout import answer_logits, generate, sampling_config, token_logprobs
 
-    from rlhf_recipes.train import ppo
-
-    trainer = SimpleNamespace(reward_model=None, scorer=None, args=SimpleNamespace(temperature=temperature))
-    with torch.no_grad(), ppo.PPOTrainer._corrected_loop(trainer, bf16):
-        query_responses, logits = ppo.trl_ppo_module.batch_generation(
-            model, queries, 4, tokenizer.pad_token_id, config
-        )
-        context = queries.shape[1]
-        response = query_responses[:, context:]
-        rollout = selective_log_softmax(logits, response)
-        output = ppo.trl_ppo_module.forward(model, query_responses, tokenizer.pad_token_id)
-        forward_logits = output.logits[:, context - 1 : -1]
-        forward_logits /= temperature + 1e-7
-        forward = selective_log_softmax(forward_logits, response)
-    return rollout, forward
+    pad = tokenizer.pad_token_id
+    config = sampling_config(args, tokenizer.eos_token_id, pad)
+    query_responses, logits = generate(model, queries, pad, config, chunk=4, scores=True)
+    context = queries.shape[1]
+    response = query_responses[:, context:]
+    rollout = token_logprobs(logits, response)
+    with torch.no_grad():
+        forward = token_logprobs(answer_logits(model, query_responses, pad, context), response, args.temperature)
+    live = response != pad  # positions after an answer stopped are masked in PPO
+    return rollout[live], forward[live]
 
 
-@pytest.mark.parametrize("bf16", [False, True])
-def test_identical_weights_give_zero_kl_and_unit_ratios(bf16, tiny_model_path):
-    """The log-probs PPO's update recomputes for its own rollouts (identical weights: true KL 0, ratio 1) agree with
-    the rollout's: per-answer |k1| < 1e-3 and every ratio 1 within 1e-4, under bf16 autocast too."""
-    model, tokenizer, queries, temperature, config, batch_generation, clean = _logprob_setup(tiny_model_path)
+def test_identical_weights_give_zero_kl_and_unit_ratios(tiny_model_path):
+    """In float32 PPO keeps the sampler's log-probs as the rollout's: at identical weights they agree with the
+    update's forward pass (true KL 0, ratio 1) to 1e-4 per token. (Under bf16 the sampler's cached logits differ by
+    ~1e-3, so there the rollout's log-probs come from the update's own pass: tests/test_ppo_parity.py runs float32,
+    test_bf16_rollout_logprobs_come_from_the_update_pass below holds the bf16 path.)"""
+    model, tokenizer, queries, args, clean = _logprob_setup(tiny_model_path)
     clean(model, tokenizer)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        rollout, forward = _rollout_and_forward_logprobs(
-            model, tokenizer, queries, temperature, config, batch_generation, bf16
-        )
-    assert forward.dtype == torch.float32
-    kl_per_answer = (rollout - forward).sum(1)
-    assert kl_per_answer.abs().max() < 1e-3, kl_per_answer
+    rollout, forward = _rollout_and_forward_logprobs(model, tokenizer, queries, args)
+    assert forward.dtype == torch.float32 and rollout.numel() > 8
+    assert (rollout - forward).abs().max() < 1e-4
     assert (torch.exp(forward - rollout) - 1).abs().max() < 1e-4
+
+
+def test_bf16_rollout_logprobs_come_from_the_update_pass(tmp_path, tiny_model_path):
+    """With bf16 the PPO trainer recomputes the rollout's log-probs with the forward pass its update uses, under the
+    same autocast: the first PPO epoch's ratio is then 1 to float32 rounding (1e-5), where the sampler's bf16 logits
+    would leave ~1e-3 per token. The recorded ratio of a one-epoch update at learning rate ~0 shows it."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from rlhf_recipes.models import load_tokenizer
+    from rlhf_recipes.train.ppo import PPOConfig, PPOTrainer
+    from rlhf_recipes.train.scoring_models import add_value_adapter
+
+    tokenizer = load_tokenizer(str(tiny_model_path), padding_side="left")
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    value = add_value_adapter(AutoModelForSequenceClassification.from_pretrained(tiny_model_path, num_labels=1), lora)
+    rows = [
+        {
+            "input_ids": tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=True)[
+                "input_ids"
+            ],
+            "prompt": p,
+        }
+        for p in PROMPTS
+    ]
+    args = PPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=True, total_episodes=2, per_device_train_batch_size=2,
+                     num_ppo_epochs=1, response_length=8, learning_rate=1e-12, report_to="none", save_strategy="no",
+                     logging_steps=1, local_rollout_forward_batch_size=2)  # fmt: skip
+    trainer = PPOTrainer(
+        args=args, processing_class=tokenizer, model=AutoModelForCausalLM.from_pretrained(tiny_model_path),
+        ref_model=None, reward_model=AutoModelForSequenceClassification.from_pretrained(tiny_model_path, num_labels=1),
+        value_model=value, train_dataset=Dataset.from_list(rows), peft_config=lora,
+    )  # fmt: skip
+    assert trainer.recompute_logprobs
+    trainer.train()
+    (update,) = [e for e in trainer.state.log_history if "val/ratio" in e]
+    assert abs(update["val/ratio"] - 1) < 1e-5 and update["policy/approxkl_avg"] < 1e-9
 
 
 def test_rollouts_sample_with_the_configured_settings_only(tiny_model_path):
     """A checkpoint whose generation_config carries repetition_penalty 1.3: after clean_generation_config (what
     PPOTrainer does) the sampled tokens' log-probs are the model's own; without it they are not."""
-    model, tokenizer, queries, temperature, config, batch_generation, clean = _logprob_setup(tiny_model_path, 1.3)
-    leaked, forward = _rollout_and_forward_logprobs(model, tokenizer, queries, temperature, config, batch_generation)
+    model, tokenizer, queries, args, clean = _logprob_setup(tiny_model_path, 1.3)
+    leaked, forward = _rollout_and_forward_logprobs(model, tokenizer, queries, args)
     assert (leaked - forward).abs().max() > 1e-3, "the test must be able to see a leaked logits processor"
     clean(model, tokenizer)
     assert model.generation_config.repetition_penalty in (None, 1.0)
-    rollout, forward = _rollout_and_forward_logprobs(model, tokenizer, queries, temperature, config, batch_generation)
+    rollout, forward = _rollout_and_forward_logprobs(model, tokenizer, queries, args)
     assert (rollout - forward).abs().max() < 1e-4
 
 

@@ -1,4 +1,4 @@
-"""PPO's forward passes without the batch's padding (rlhf_recipes/train/unpad.py) compute what TRL's padded passes
+"""PPO's forward passes without the batch's padding (rlhf_recipes/train/unpad.py) compute what TRL 1.12's padded passes
 compute, gradients included, and length-grouped batches keep every prompt and draw a fresh order per epoch."""
 
 from __future__ import annotations
@@ -67,38 +67,43 @@ def test_rows_without_padding_compute_the_padded_batchs_logits(models, lengths):
     torch.testing.assert_close(rows[:, -keep:], padded, atol=tolerance, rtol=0)
 
 
-def test_update_pass_equals_trls_policy_and_value_wrapper_with_gradients(models):
-    """The update pass (`_UnpaddedPolicyAndValue`) against TRL's PolicyAndValueWrapper on one padded micro-batch:
-    the log-probs and values TRL reads, and the gradients of a loss over them on every trained parameter."""
-    from trl.experimental.ppo.ppo_trainer import PolicyAndValueWrapper
-    from trl.experimental.ppo.ppo_trainer import forward as trl_forward
+def _padded_update_pass(policy, value, batch):
+    """What TRL 1.12's PPO update computed: both models over the whole padded batch, TRL's inputs, every position."""
+    inputs = rollout_inputs(batch, PAD)
+    backbone = getattr(value, value.base_model_prefix)
+    hidden = backbone(**inputs, output_hidden_states=True, use_cache=False).hidden_states[-1]
+    return policy(**inputs, use_cache=False).logits, value.score(hidden)
 
-    from rlhf_recipes.train.ppo import _UnpaddedPolicyAndValue
+
+def test_update_pass_equals_the_padded_pass_with_gradients(models):
+    """The update pass (`PolicyAndValue`, padding skipped) against the padded pass TRL 1.12 ran on one micro-batch:
+    the log-probs and values PPO reads, and the gradients of a loss over them on every trained parameter."""
+    from rlhf_recipes.train.ppo.loop import PolicyAndValue
 
     policy, value = models
     width, answer, context = 16, 5, 11
     batch = _rollouts([3, 11, 6, 9], width, answer)
     results = []
-    for wrapper_class in (PolicyAndValueWrapper, _UnpaddedPolicyAndValue):
-        wrapper = PolicyAndValueWrapper(policy, value)
-        wrapper.__class__ = wrapper_class
+    for unpadded in (False, True):
+        wrapper = PolicyAndValue(policy, value)
         wrapper.zero_grad()
-        if wrapper_class is PolicyAndValueWrapper:
-            output, values = trl_forward(wrapper, batch, PAD)
-        else:
+        if unpadded:
             output, values = wrapper(**rollout_inputs(batch, PAD), logits_to_keep=width - context + 1)
-        logprobs = output.logits[:, context - 1 : -1].log_softmax(-1).gather(-1, batch[:, context:, None])
+            logits = output.logits
+        else:
+            logits, values = _padded_update_pass(policy, value, batch)
+        logprobs = logits[:, context - 1 : -1].float().log_softmax(-1).gather(-1, batch[:, context:, None])
         values = values[:, context - 1 : -1]
         (logprobs.sum() + values.square().sum()).backward()
         grads = {name: p.grad.clone() for name, p in wrapper.named_parameters() if p.requires_grad}
         results.append((logprobs.detach(), values.detach(), grads))
-    (trl_logprobs, trl_values, trl_grads), (logprobs, values, grads) = results
-    torch.testing.assert_close(logprobs, trl_logprobs, atol=1e-5, rtol=0)
-    torch.testing.assert_close(values, trl_values, atol=1e-5, rtol=0)
-    assert grads.keys() == trl_grads.keys() and any("value_model.score" in name for name in grads)
-    assert all(trl_grads[name].abs().max() > 0 for name in grads)  # every trained part is reached
+    (padded_logprobs, padded_values, padded_grads), (logprobs, values, grads) = results
+    torch.testing.assert_close(logprobs, padded_logprobs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(values, padded_values, atol=1e-5, rtol=0)
+    assert grads.keys() == padded_grads.keys() and any("value_model.score" in name for name in grads)
+    assert all(padded_grads[name].abs().max() > 0 for name in grads)  # every trained part is reached
     for name in grads:
-        torch.testing.assert_close(grads[name], trl_grads[name], atol=1e-4, rtol=1e-3)
+        torch.testing.assert_close(grads[name], padded_grads[name], atol=1e-4, rtol=1e-3)
 
 
 def test_length_grouped_batches_pad_less_and_reshuffle_each_epoch():
@@ -120,7 +125,8 @@ def test_length_grouped_batches_pad_less_and_reshuffle_each_epoch():
 
 
 def test_ppo_refuses_a_sampling_strategy_it_cannot_use(tmp_path):
-    """TRL's PPO loop ignores `train_sampling_strategy`; ours honours random and group_by_length, refuses the rest."""
+    """TRL 1.12's PPO loop ignored `train_sampling_strategy`; ours honours random, sequential and group_by_length and
+    refuses the rest."""
     from trl import ModelConfig
 
     from rlhf_recipes.cli import UserError
@@ -128,7 +134,7 @@ def test_ppo_refuses_a_sampling_strategy_it_cannot_use(tmp_path):
     from rlhf_recipes.train.rl import LengthGroupedBatches
     from rlhf_recipes.train.scoring_models import check_model_options
 
-    args = PPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, train_sampling_strategy="sequential")
-    with pytest.raises(UserError, match="train_sampling_strategy=sequential is not one PPO can use"):
+    args = PPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, train_sampling_strategy="batch_rebalance")
+    with pytest.raises(UserError, match="train_sampling_strategy=batch_rebalance is not one PPO can use"):
         check_model_options(args, ModelConfig(use_peft=True))
     assert list(LengthGroupedBatches([5, 9, 3], 8, torch.Generator().manual_seed(0))) == []  # fewer than one batch

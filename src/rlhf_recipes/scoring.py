@@ -3,9 +3,10 @@ training pairs, right-padded as its collator pads, read at the last token as its
 
 RewardTrainer tokenizes a conversational pair with `apply_chat_template(prompt + completion, tokenize=True)` (TRL's
 `_tokenize`), and a plain-text pair as `tokenizer(prompt + completion + eos)`. For SmolLM2 that rendering ends a turn
-with `<|im_end|>\\n`, so the score head learned at the `\\n`; PPO's own `get_reward` reads it at `<|im_end|>`, a
-position the head never trained on. Every caller here (PPO's rollouts, GRPO/RLOO/online DPO reward functions, the
-evaluation, the feedback rankers) goes through `RewardScorer`, and tests hold their scores equal.
+with `<|im_end|>\\n`, so the score head learned at the `\\n`; TRL 1.12's PPO read it at `<|im_end|>`, a position the
+head never trained on. Every caller (PPO's rollouts, the GRPO/RLOO/online DPO reward functions, the evaluation, the
+feedback rankers) scores (prompt messages, answer text) through `RewardScorer` with the reward model's own tokenizer
+and chat template, whatever the policy's, and tests hold their scores equal.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-
-SENTINEL = "\u2063RLHF_RECIPES_COMPLETION\u2063"
 
 
 def _messages(value) -> list[dict]:
@@ -50,40 +49,11 @@ def length_batches(order: list[int], lengths: list[int], batch_size: int, max_to
         yield batch
 
 
-class TurnRenderer:
-    """Builds the training rendering of `rendered prompt + answer` for rollouts that exist only as token ids (PPO).
-
-    A rollout's query is `apply_chat_template(prompt, add_generation_prompt=True)`; the training rendering of the
-    conversation is that text, the answer's text, then the template's end of the assistant turn, which is read off
-    the template itself by rendering a sentinel answer (tests check the result equals `training_ids` for SmolLM2,
-    Qwen2.5 and Llama 3 templates).
-    """
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        probe = [{"role": "user", "content": "x"}]
-        prefix = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(probe + [{"role": "assistant", "content": SENTINEL}], tokenize=False)
-        before, found, self.suffix = full.partition(SENTINEL)
-        if not found or before != prefix:
-            raise ValueError(
-                "this chat template does not render an answer right after its generation prompt; score rollouts "
-                "from their messages (RewardScorer.score) instead of their token ids"
-            )
-
-    def ids(self, query_ids: Sequence[int], answer_ids: Sequence[int], pad_token_id: int) -> list[int]:
-        tokenizer = self.tokenizer
-        prompt_text = tokenizer.decode([t for t in query_ids if t != pad_token_id], skip_special_tokens=False)
-        answer_text = tokenizer.decode([t for t in answer_ids if t != pad_token_id], skip_special_tokens=True)
-        return tokenizer(prompt_text + answer_text + self.suffix, add_special_tokens=False)["input_ids"]
-
-
 class RewardScorer:
     """A sequence-classification reward model and its tokenizer, scoring conversations as it was trained."""
 
     def __init__(self, model, tokenizer, batch_size: int = 16):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
-        self._turns = None
 
     @classmethod
     def from_path(cls, model_name_or_path: str, batch_size: int = 16, dtype=torch.float32) -> RewardScorer:
@@ -119,10 +89,3 @@ class RewardScorer:
     def score(self, prompts: Sequence, completions: Sequence) -> list[float]:
         """Scores of (prompt, completion) pairs: messages or plain text, as in the preference data."""
         return self.score_ids([training_ids(self.tokenizer, p, c) for p, c in zip(prompts, completions)]).tolist()
-
-    def score_rollouts(self, query_ids: torch.Tensor, answer_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
-        """Scores of PPO rollouts (left-padded queries, answers cut at the stop token and padded)."""
-        if self._turns is None:
-            self._turns = TurnRenderer(self.tokenizer)
-        sequences = [self._turns.ids(q.tolist(), a.tolist(), pad_token_id) for q, a in zip(query_ids, answer_ids)]
-        return self.score_ids(sequences)

@@ -17,6 +17,7 @@ import torch
 from trl import GRPOConfig as TRLGRPOConfig
 from trl import RLOOConfig as TRLRLOOConfig
 
+from ..cli import UserError
 from ..scoring import RewardScorer
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,24 @@ def reward_function(training_args, model_args, init_kwargs: dict, stage, penalty
     return RewardModelReward(scorer, tokenizer.eos_token_id, penalty)
 
 
+def check_vllm(training_args) -> None:
+    """`use_vllm: true` (TRL generates with vLLM, colocated by default) needs a CUDA GPU and the `vllm` extra."""
+    if not getattr(training_args, "use_vllm", False):
+        return
+    if training_args.use_cpu or not torch.cuda.is_available():
+        raise UserError(
+            "use_vllm: true generates with vLLM, which needs a CUDA GPU; set use_vllm: false to generate with "
+            "transformers on this machine."
+        )
+    from trl.import_utils import is_vllm_available
+
+    if not is_vllm_available():
+        raise UserError(
+            "use_vllm: true needs vLLM, which is not installed; run `pip install -e .[vllm]` (GPU machines; it pins "
+            "the vLLM that TRL 1.16 supports) or set use_vllm: false."
+        )
+
+
 def load_policy(path: str, init_kwargs: dict, tokenizer):
     """The SFT model to train, sampling with only the settings the trainer passes (models.clean_generation_config)."""
     from transformers import AutoModelForCausalLM
@@ -123,6 +142,7 @@ def prepare(stage, script_args, training_args, model_args, label: str, penalty: 
     from . import common, rl
 
     set_seed(training_args.seed)  # LoRA's A matrices start random
+    check_vllm(training_args)
     accuracy = rl.check_reward_model(training_args.reward_model_path, training_args.min_reward_accuracy)
     policy_path = common.prepare_model(model_args.model_name_or_path, stage)
     tokenizer = load_tokenizer(policy_path, padding_side="left")

@@ -23,16 +23,10 @@ def check_model_options(training_args, model_args) -> None:
             "load_in_4bit: true needs use_peft: true, because a 4-bit policy can only train through LoRA; set "
             "use_peft: true or load_in_4bit: false."
         )
-    per_rank = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
-    if per_rank % training_args.num_mini_batches:
+    if training_args.train_sampling_strategy not in ("random", "sequential", "group_by_length"):
         raise UserError(
-            f"num_mini_batches={training_args.num_mini_batches} must divide the episodes of one update on each process "
-            f"(per_device_train_batch_size x gradient_accumulation_steps = {per_rank}); change one of them."
-        )
-    if training_args.train_sampling_strategy not in ("random", "group_by_length"):
-        raise UserError(
-            f"train_sampling_strategy={training_args.train_sampling_strategy} is not one PPO can use; set random or "
-            "group_by_length (batches of prompts of similar length)."
+            f"train_sampling_strategy={training_args.train_sampling_strategy} is not one PPO can use; set random, "
+            "sequential or group_by_length (batches of prompts of similar length)."
         )
     four_bit = [k for k in ("reward_model_load_in_4bit", "value_model_load_in_4bit") if getattr(training_args, k)]
     if four_bit and model_args.dtype not in ("bfloat16", "float16", "float32"):
@@ -65,7 +59,7 @@ def load_scoring_model(path: str, init_kwargs: dict, model_args, load_in_4bit: b
 def add_value_adapter(value_model, peft_config):
     """Put the policy's LoRA settings into the value model in place; train only LoRA and the `score` head.
 
-    TRL's PPOTrainer reads `value_model.<base_model_prefix>` (the backbone) and `value_model.score`, so the value model
+    PPO reads `value_model.<base_model_prefix>` (the backbone) and `value_model.score`, so the value model
     must stay a `*ForSequenceClassification`: `peft.inject_adapter_in_model` adds LoRA layers without the `PeftModel`
     wrapper that `get_peft_model` would put around it, and freezes everything else. The score head (it starts as the
     reward head) is unfrozen again. Both trained parts are kept in float32 on a bfloat16 or 4-bit base, as
