@@ -162,6 +162,10 @@ def test_a_hub_model_id_while_offline_is_one_sentence():
     message = str(error.value)
     assert message.startswith("model_name_or_path=Qwen/Qwen2.5-0.5B-Instruct is a Hub model id, and HF_HUB_OFFLINE")
     assert "hf download Qwen/Qwen2.5-0.5B-Instruct --local-dir" in message and "embedded:" in message
+    with pytest.raises(UserError) as error:  # a stage checks it before anything loads, with the same sentence
+        stages.get("sft").parse_args(["--config", str(CONFIGS / "sft.yaml"), "--model_name_or_path",
+                                      "Qwen/Qwen2.5-0.5B-Instruct"])  # fmt: skip
+    assert str(error.value) == message.replace("-Instruct is", "-Instruct on the command line is")
 
 
 def test_a_hub_id_with_no_network_is_one_sentence_without_minutes_of_retries(tmp_path):

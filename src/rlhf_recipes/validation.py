@@ -189,13 +189,11 @@ def check_model(value: str | None, key: str, kind: str | tuple[str, ...], where:
     if not hub_id:
         raise UserError(f"{key}={value} {where} does not exist{producing_stage_hint(value)}.")
     if constants.HF_HUB_OFFLINE:
+        from . import offline
         from .models import cached_on_hub
 
-        if not cached_on_hub(value):
-            raise UserError(
-                f"{key}={value} {where} is no local folder, and the Hub is off (HF_HUB_OFFLINE) with no cached copy; "
-                "give a local folder, or go online to download it."
-            )
+        if not cached_on_hub(value):  # the sentence every Hub id that cannot be fetched gets (offline.py)
+            raise offline.refuse(value, "model", key, where)
 
 
 def check_paths(stage, parsed: tuple, origin=None) -> None:
