@@ -7,7 +7,7 @@ from __future__ import annotations
 import runpy
 import sys
 
-# commands that are not stages: name -> (what it does, how it runs)
+# commands that are not stages: name -> what it does
 TOOLS = {
     "init": "copy a model folder's configs and the demo data out of the package: rlhf-recipes init DIR",
     "plan": "will it fit? the peak memory of every training stage of a YAML, before loading anything",

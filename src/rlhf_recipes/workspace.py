@@ -75,11 +75,12 @@ def main(argv: list[str]) -> None:
     for path in written:
         print(f"wrote {path}")
     folder = f"configs/{args.configs}"
-    print(
-        f"\nNext, in {args.dir}:\n"
-        f"  cd {args.dir}\n"
-        f"  rlhf-recipes pipeline --config {folder}/pipeline.yaml            # every stage on the demo data\n"
-        f"  rlhf-recipes plan --config {folder}/pipeline.yaml                # will it fit? (memory per stage)\n"
-        f"  rlhf-recipes sft --config {folder}/sft.yaml --dataset_name YOUR/FOLDER   # one stage on your data\n"
-        "  rlhf-recipes sft --help                                          # the keys of a stage's YAML"
+    commands = (
+        (f"cd {args.dir}", ""),
+        (f"rlhf-recipes pipeline --config {folder}/pipeline.yaml", "every stage on the demo data"),
+        (f"rlhf-recipes plan --config {folder}/pipeline.yaml", "will it fit? (memory per stage)"),
+        (f"rlhf-recipes sft --config {folder}/sft.yaml --dataset_name YOUR/FOLDER", "one stage on your data"),
+        ("rlhf-recipes sft --help", "the keys of a stage's YAML"),
     )
+    width = max(len(command) for command, _ in commands)
+    print("\nNext:\n" + "\n".join(f"  {c:<{width}}  # {w}" if w else f"  {c}" for c, w in commands))
