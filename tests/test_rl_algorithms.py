@@ -144,6 +144,10 @@ def test_sigkill_mid_run_then_rerun_resumes_to_the_same_adapter(algorithm, tmp_p
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "lineage.json").exists(), "the run must be killed before it finished"
+    # TRL writes its model card (a "Quick start" loading this folder) at every checkpoint: none for an unfinished run
+    # (a checkpoint keeps peft's own card of the adapter it holds)
+    assert not (killed / "README.md").exists()
+    assert "Quick start" not in (killed / "checkpoint-2" / "README.md").read_text()
 
     rerun = subprocess.run(_command(algorithm, sft, reward, killed), cwd=REPO, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]

@@ -158,6 +158,8 @@ def train_and_save(trainer, stage, model_args, script_args, training_args, metri
     if checkpoint:
         logger.info("Resuming %s from %s", stage.name, checkpoint)
     resumable = "resume_from_checkpoint" in inspect.signature(trainer.train).parameters
+    if hasattr(trainer, "create_model_card"):  # TRL writes its card at every checkpoint: none for an unfinished run
+        trainer.create_model_card = lambda *args, **kwargs: None  # (the stage's card is written last, below)
     trainer.add_callback(StepTimer(stage.name))  # measured s/step and time left after the first steps
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint) if checkpoint and resumable else trainer.train()
