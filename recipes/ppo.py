@@ -30,11 +30,22 @@ def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: Mod
     check_model_options(training_args, model_args)
     accuracy = rl.check_reward_model(training_args.reward_model_path, training_args.min_reward_accuracy)
 
-    # Models: policy (+ adapter-disabled reference) from SFT; reward and value models from the reward stage
     policy_path = common.prepare_model(model_args.model_name_or_path, STAGE)
     reward_path = common.prepare_model(training_args.reward_model_path, STAGE, key="reward_model_path")
     tokenizer = load_tokenizer(policy_path, padding_side="left")
     reward_tokenizer = load_tokenizer(reward_path)  # the reward model scores in its own chat template
+
+    # Data, before any model loads: {"prompt": [messages]} rows; those too long for the context left after the
+    # answer are dropped and counted; the rest tokenized up to the assistant's turn
+    training_args.eval_strategy = "no"
+    train_dataset, _ = common.load_splits(script_args, training_args, STAGE)
+    rl.check_prompts(train_dataset, "PPO")
+    context = rl.context_length(policy_path)
+    room = context - training_args.response_length if context else None
+    train_dataset = rl.fit_prompts(train_dataset, tokenizer, room, training_args.max_dropped_share, "PPO")
+    train_dataset = tokenize_prompts(train_dataset, tokenizer, training_args.dataset_num_proc)
+
+    # Models: policy (+ adapter-disabled reference) from SFT; reward and value models from the reward stage
     init_kwargs = common.model_init_kwargs(model_args)
     policy = AutoModelForCausalLM.from_pretrained(policy_path, **init_kwargs)
     peft_config = get_peft_config(model_args)
@@ -43,13 +54,6 @@ def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: Mod
     value_model = load_scoring_model(reward_path, init_kwargs, model_args, training_args.value_model_load_in_4bit)
     if peft_config:
         value_model = add_value_adapter(value_model, peft_config)  # LoRA + score head train; its base stays frozen
-
-    # Data: {"prompt": [messages]} rows, tokenized up to the assistant's turn; too long for the context: dropped, counted
-    training_args.eval_strategy = "no"
-    train_dataset, _ = common.load_splits(script_args, training_args, STAGE)
-    context = getattr(policy.config, "max_position_embeddings", None)
-    room = context - training_args.response_length if context else None
-    train_dataset = tokenize_prompts(train_dataset, tokenizer, training_args.dataset_num_proc, room)
 
     # Trainer
     trainer = PPOTrainer(

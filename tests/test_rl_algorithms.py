@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -225,3 +226,29 @@ def test_evaluation_reads_the_reward_accuracy_the_reward_stage_measured_and_they
             ["--config", str(CONFIGS / "eval.yaml"), "--models", json.dumps({"sft": str(sft)}), "--skip",
              "ppp.domain-qa", "--reward_model", str(reward), "--output_dir", str(tmp_path / "bad")]
         )  # fmt: skip
+
+
+def test_prompts_too_long_for_the_context_are_dropped_and_counted_or_refused(tokenizer_path, caplog):
+    """Every RL stage fits its prompts to the context left after the answer (rl.fit_prompts): a few long ones are
+    dropped and counted; more than max_dropped_share of them is one sentence before any model loads."""
+    from datasets import Dataset
+
+    from rlhf_recipes.cli import UserError
+    from rlhf_recipes.models import load_tokenizer
+    from rlhf_recipes.train.online import prompt_room
+    from rlhf_recipes.train.rl import fit_prompts
+
+    tokenizer = load_tokenizer(str(tokenizer_path))
+    short = [[{"role": "user", "content": f"Question {i}?"}] for i in range(19)]
+    long = [[{"role": "user", "content": "word " * 400}]]
+    caplog.set_level("INFO")
+    kept = fit_prompts(Dataset.from_dict({"prompt": short + long}), tokenizer, 100, 0.1, "GRPO")
+    assert len(kept) == 19 and kept["prompt"] == short
+    assert "GRPO prompts: 20, 1 longer than 100 tokens dropped (5.0%)" in caplog.text
+    with pytest.raises(UserError, match=r"2 of 3 GRPO prompts \(67%\) are longer than 100 tokens.*max_dropped_share"):
+        fit_prompts(Dataset.from_dict({"prompt": short[:1] + long * 2}), tokenizer, 100, 0.1, "GRPO")
+    with pytest.raises(UserError, match="leaves no room for a prompt"):
+        fit_prompts(Dataset.from_dict({"prompt": short}), tokenizer, 0, 0.1, "PPO")
+    # the room: context less the answer; online DPO's max_length caps it (TRL cuts the prompt's start past it)
+    assert prompt_room(SimpleNamespace(max_completion_length=64), 2048) == 1984
+    assert prompt_room(SimpleNamespace(max_new_tokens=64, max_length=512, max_completion_length=None), 2048) == 448

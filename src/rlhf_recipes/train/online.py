@@ -46,6 +46,10 @@ class OnlineRLArguments:
         metadata={"help": "Subtracted from the reward of a completion cut at its length limit without EOS."},
     )
     reward_batch_size: int = field(default=16, metadata={"help": "Completions per reward-model forward pass."})
+    max_dropped_share: float = field(
+        default=0.05,
+        metadata={"help": "Stop before training when more than this share of prompts is too long for the context."},
+    )
 
 
 @dataclass
@@ -89,6 +93,14 @@ def reward_function(training_args, model_args, init_kwargs: dict, stage, penalty
     tokenizer = load_tokenizer(path)
     scorer = RewardScorer(model, tokenizer, training_args.reward_batch_size)
     return RewardModelReward(scorer, tokenizer.eos_token_id, penalty)
+
+
+def prompt_room(training_args, context: int | None) -> int | None:
+    """The tokens a prompt may take: the model's context (and online DPO's `max_length`, past which TRL cuts the
+    prompt's start) less the answer's (`max_completion_length`, or online DPO's `max_new_tokens`)."""
+    answer = getattr(training_args, "max_completion_length", None) or getattr(training_args, "max_new_tokens", 0)
+    limits = [n for n in (context, getattr(training_args, "max_length", None)) if n]
+    return min(limits) - (answer or 0) if limits else None
 
 
 def check_vllm(training_args) -> None:
@@ -146,12 +158,20 @@ def prepare(stage, script_args, training_args, model_args, label: str, penalty: 
     accuracy = rl.check_reward_model(training_args.reward_model_path, training_args.min_reward_accuracy)
     policy_path = common.prepare_model(model_args.model_name_or_path, stage)
     tokenizer = load_tokenizer(policy_path, padding_side="left")
+
+    # The prompts, checked and fitted to the context before any model loads
+    train_dataset, eval_dataset = common.load_splits(script_args, training_args, stage)
+    rl.check_prompts(train_dataset, label)
+    room = prompt_room(training_args, rl.context_length(policy_path))
+    train_dataset = rl.fit_prompts(train_dataset, tokenizer, room, training_args.max_dropped_share, label)
+    if eval_dataset is not None:
+        rl.check_prompts(eval_dataset, label, split=script_args.dataset_test_split)
+        eval_dataset = rl.fit_prompts(eval_dataset, tokenizer, room, 1.0, f"{label} held-out")
+
     init_kwargs = common.model_init_kwargs(model_args)
     policy = load_policy(policy_path, init_kwargs, tokenizer)
     eos_penalty = training_args.missing_eos_penalty if penalty else None
     reward = reward_function(training_args, model_args, init_kwargs, stage, eos_penalty)
-    train_dataset, eval_dataset = common.load_splits(script_args, training_args, stage)
-    rl.check_prompts(train_dataset, label)
     return OnlineRun(policy, tokenizer, reward, train_dataset, eval_dataset, accuracy)
 
 

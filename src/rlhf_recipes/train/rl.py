@@ -56,6 +56,47 @@ def check_prompts(dataset, label: str, split: str = "train") -> None:
             )
 
 
+def fit_prompts(dataset, tokenizer, room: int | None, max_dropped_share: float, label: str):
+    """Drop the prompts longer than `room` tokens (the context left for them once the answer's tokens are reserved),
+    counted and logged as the reward stage counts its pairs; stop with one sentence when more than
+    `max_dropped_share` of them would go. A prompt is measured as the policy sees it: its chat template up to the
+    assistant's turn."""
+    if room is None:
+        return dataset
+    if room < 1:
+        raise UserError(
+            f"{label} leaves no room for a prompt: the answer's tokens fill the model's context; lower the answer "
+            "length (response_length, max_completion_length or max_new_tokens)."
+        )
+
+    def measure(row):
+        prompt = row["prompt"]
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+        return {"_fits": len(ids["input_ids"]) <= room}
+
+    fits = dataset.map(measure, remove_columns=dataset.column_names, desc="Measuring prompts")["_fits"]
+    dropped = [row for row, ok in enumerate(fits) if not ok]
+    share = len(dropped) / max(len(fits), 1)
+    logger.info(
+        "%s prompts: %d, %d longer than %d tokens dropped (%.1f%%)", label, len(fits), len(dropped), room, 100 * share
+    )
+    if share > max_dropped_share:
+        raise UserError(
+            f"{len(dropped)} of {len(fits)} {label} prompts ({share:.0%}) are longer than {room} tokens, the context "
+            f"left once the answer's tokens are reserved (e.g. row {dropped[0]}); use shorter prompts or answers, or "
+            f"allow more with max_dropped_share (now {max_dropped_share})."
+        )
+    return dataset.select([row for row, ok in enumerate(fits) if ok]) if dropped else dataset
+
+
+def context_length(model_path: str) -> int | None:
+    """The positions a model's config allows (max_position_embeddings), read without loading the weights."""
+    from transformers import AutoConfig
+
+    return getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
+
+
 class LengthGroupedBatches:
     """Batches of prompts of similar length, in a random order: `train_sampling_strategy: group_by_length`.
 

@@ -50,6 +50,10 @@ class PPOConfig(TrainingArguments):
         default=64, metadata={"help": "Rows per generation and per no-grad forward pass of a rollout."}
     )
     response_length: int = field(default=53, metadata={"help": "Most tokens generated per answer."})
+    max_dropped_share: float = field(
+        default=0.05,
+        metadata={"help": "Stop before training when more than this share of prompts is too long for the context."},
+    )
     stop_token: Literal["eos"] | None = field(
         default=None, metadata={"help": "'eos': an answer ends at the tokenizer's EOS (else at response_length)."}
     )

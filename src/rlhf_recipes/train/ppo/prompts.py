@@ -3,22 +3,12 @@ its own template), batched left-padded, in an order drawn from a generator of th
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
-from ...cli import UserError
 
-logger = logging.getLogger(__name__)
-
-
-def tokenize_prompts(dataset, tokenizer, num_proc: int | None = None, max_prompt_tokens: int | None = None):
+def tokenize_prompts(dataset, tokenizer, num_proc: int | None = None):
     """`{"prompt": [messages] | str}` rows -> `{"input_ids", "prompt"}` (the messages), ending with the assistant's
-    generation prompt. Prompts longer than `max_prompt_tokens` (the context left after the answer) are dropped,
-    counted and logged; none left is one sentence."""
-    from ..rl import check_prompts
-
-    check_prompts(dataset, "PPO")  # before any work: a bad row is one sentence, not a traceback
+    generation prompt (rows checked by `rl.check_prompts` first)."""
 
     def tokenize(row):
         prompt = row["prompt"]
@@ -27,22 +17,7 @@ def tokenize_prompts(dataset, tokenizer, num_proc: int | None = None, max_prompt
         return {"input_ids": list(ids["input_ids"]), "prompt": messages}
 
     columns = [c for c in dataset.column_names if c != "prompt"]
-    tokenized = dataset.map(tokenize, remove_columns=columns, num_proc=num_proc, desc="Tokenizing prompts")
-    if max_prompt_tokens is None:
-        return tokenized
-    kept = tokenized.filter(lambda row: len(row["input_ids"]) <= max_prompt_tokens, num_proc=num_proc)
-    dropped = len(tokenized) - len(kept)
-    if dropped:
-        logger.warning(
-            "dropped %d of %d prompts longer than %d tokens (the model's context minus response_length)",
-            dropped, len(tokenized), max_prompt_tokens,
-        )  # fmt: skip
-    if not len(kept):
-        raise UserError(
-            f"every one of the {len(tokenized)} prompts is longer than {max_prompt_tokens} tokens, the model's context "
-            "minus response_length; use shorter prompts or a smaller response_length."
-        )
-    return kept
+    return dataset.map(tokenize, remove_columns=columns, num_proc=num_proc, desc="Tokenizing prompts")
 
 
 class PromptCollator:
