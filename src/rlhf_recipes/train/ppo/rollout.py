@@ -20,6 +20,7 @@ from trl.trainer.utils import pad, selective_log_softmax
 
 from ..unpad import forward_rows, rollout_inputs
 from .losses import INVALID_LOGPROB
+from .merged import lora_folded
 
 
 @dataclass
@@ -153,21 +154,23 @@ def collect(trainer, queries: torch.Tensor, prompts: list) -> Rollout:
     policy, context = wrapper.policy, queries.shape[1]
     from_sampler = not trainer.recompute_logprobs  # float32: the sampler's logits are the update's, to ~1e-5
 
-    with trainer.generation_context() as generating:
+    with trainer.generation_context() as generating, lora_folded(generating.policy):  # merged.py: LoRA folded in
         query_responses, logits = generate(
             generating.policy, queries, pad_id, trainer.sampling, args.local_rollout_forward_batch_size, from_sampler
         )
-    responses = query_responses[:, context:]
-    if from_sampler:
-        logprobs = token_logprobs(logits, responses)
-    else:  # bf16: the sampler's cached bf16 logits differ from a full forward pass by ~1e-3 per token
-        logprobs = token_logprobs(answer_logits(policy, query_responses, pad_id, context), responses, args.temperature)
+        responses = query_responses[:, context:]
+        if from_sampler:
+            logprobs = token_logprobs(logits, responses)
+        else:  # bf16: the sampler's cached bf16 logits differ from a full forward pass by ~1e-3 per token
+            logits = answer_logits(policy, query_responses, pad_id, context)
+            logprobs = token_logprobs(logits, responses, args.temperature)
     del logits
     with trainer.reference() as reference:
         ref_logprobs = token_logprobs(
             answer_logits(reference, query_responses, pad_id, context), responses, args.temperature
         )
-    values = answer_values(wrapper.value_model, query_responses, pad_id, context)
+    with lora_folded(wrapper.value_model):
+        values = answer_values(wrapper.value_model, query_responses, pad_id, context)
 
     # The answer ends at its stop token; the reward model scores the conversation as it was trained on
     finished = truncate_at_stop(responses, trainer.stop_token_id, pad_id)
