@@ -6,10 +6,12 @@ TRL's SFTTrainer on a `text` column with `packing: true` (set in the YAML): no c
 documents joined with EOS between them and cut into full rows, so no step is spent on padding.
 """
 
+from rlhf_recipes import cli, stages  # first: it quiets a notice bitsandbytes logs when trl imports it
+
+# isort: split
 from transformers import set_seed
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, get_peft_config
 
-from rlhf_recipes import cli, stages
 from rlhf_recipes.models import load_tokenizer
 from rlhf_recipes.train import common
 

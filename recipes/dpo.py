@@ -8,9 +8,11 @@ data. `load_in_4bit` trains QLoRA. Evaluated like every RL stage: sampled answer
 reward model (which DPO never saw in training) and by the judge.
 """
 
+from rlhf_recipes import cli, stages  # first: it quiets a notice bitsandbytes logs when trl imports it
+
+# isort: split
 from trl import DPOConfig, DPOTrainer, ModelConfig, ScriptArguments, get_peft_config, get_quantization_config
 
-from rlhf_recipes import cli, stages
 from rlhf_recipes.models import load_tokenizer
 from rlhf_recipes.train import common, rl
 

@@ -8,9 +8,11 @@ and each answer's advantage is its reward against its group's mean (no value mod
 as a reward function, so the reward is the one the reward model learned. `load_in_4bit` trains QLoRA.
 """
 
+from rlhf_recipes import cli, stages  # first: it quiets a notice bitsandbytes logs when trl imports it
+
+# isort: split
 from trl import GRPOTrainer, ModelConfig, ScriptArguments, get_peft_config
 
-from rlhf_recipes import cli, stages
 from rlhf_recipes.train import online
 from rlhf_recipes.train.online import GRPOConfig
 

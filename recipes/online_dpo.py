@@ -7,9 +7,11 @@ DPO loss moves the policy towards the preferred one, relative to the SFT referen
 one scoring path (rlhf_recipes/scoring.py) as a reward function. `load_in_4bit` trains QLoRA.
 """
 
+from rlhf_recipes import cli, stages  # first: it quiets a notice bitsandbytes logs when trl imports it
+
+# isort: split
 from trl import ModelConfig, ScriptArguments, get_peft_config
 
-from rlhf_recipes import cli, stages
 from rlhf_recipes.train import online
 from rlhf_recipes.train.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 

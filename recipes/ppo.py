@@ -11,10 +11,12 @@ its own chat template (rlhf_recipes/scoring.py), log-probs are float32, and a ki
 checkpoint.
 """
 
+from rlhf_recipes import cli, stages  # first: it quiets a notice bitsandbytes logs when trl imports it
+
+# isort: split
 from transformers import AutoModelForCausalLM, set_seed
 from trl import ModelConfig, ScriptArguments, get_peft_config
 
-from rlhf_recipes import cli, stages
 from rlhf_recipes.models import load_tokenizer
 from rlhf_recipes.train import common, rl
 from rlhf_recipes.train.ppo import PPOConfig, PPOTrainer, final_metrics, tokenize_prompts

@@ -7,10 +7,12 @@ With `use_peft` the LoRA adapter is a `SEQ_CLS` one (`lora_task_type: SEQ_CLS`),
 `max_length` are counted before training (RewardTrainer drops them).
 """
 
+from rlhf_recipes import cli, stages  # first: it quiets a notice bitsandbytes logs when trl imports it
+
+# isort: split
 from transformers import set_seed
 from trl import ModelConfig, ScriptArguments, get_peft_config, get_quantization_config
 
-from rlhf_recipes import cli, stages
 from rlhf_recipes.models import load_tokenizer
 from rlhf_recipes.train import common
 from rlhf_recipes.train.reward import RewardConfig, RewardTrainer, check_pair_lengths

@@ -8,9 +8,11 @@ model scores every answer, and each answer's baseline is the mean reward of the 
 as a reward function. `load_in_4bit` trains QLoRA.
 """
 
+from rlhf_recipes import cli, stages  # first: it quiets a notice bitsandbytes logs when trl imports it
+
+# isort: split
 from trl import ModelConfig, RLOOTrainer, ScriptArguments, get_peft_config
 
-from rlhf_recipes import cli, stages
 from rlhf_recipes.train import online
 from rlhf_recipes.train.online import RLOOConfig
 

@@ -7,10 +7,12 @@ renders byte-identically and marks assistant turns (end-of-turn token included).
 rendered and measured: a conversation that `max_length` would leave with no assistant token stops the run.
 """
 
+from rlhf_recipes import cli, stages  # first: it quiets a notice bitsandbytes logs when trl imports it
+
+# isort: split
 from transformers import set_seed
 from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, get_peft_config
 
-from rlhf_recipes import cli, stages
 from rlhf_recipes.models import load_tokenizer
 from rlhf_recipes.train import common, sft
 

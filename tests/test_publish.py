@@ -327,3 +327,11 @@ def test_lineage_command_hides_a_token_given_on_the_command_line(monkeypatch):
 
     monkeypatch.setattr("sys.argv", ["recipes/sft.py", "--hub_token", "hf_" + "x" * 34, "--max_steps", "5"])
     assert command_line().endswith("recipes/sft.py --hub_token *** --max_steps 5")
+
+
+def test_the_card_draws_the_evaluation_report_s_training_curves():
+    """One plotting function for training curves (KL on its own panel): the card's is the evaluation's."""
+    from rlhf_recipes.evaluation import curves
+    from rlhf_recipes.publish import cards
+
+    assert cards.plot_training_curves is curves.plot_training_curves and cards.TRAINING_CURVES == curves.TRAINING_CURVES

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from ..cli import UserError
+from ..evaluation.curves import TRAINING_CURVES, plot_training_curves
 from ..models import CAUSAL_LM, EMBEDDED_PREFIX, REWARD_MODEL, read_lineage
 from ..validation import read_json
 
@@ -30,8 +31,6 @@ PIPELINE_TAGS = {CAUSAL_LM: "text-generation", REWARD_MODEL: "text-classificatio
 # Embedded models -> (the Hub checkpoint they were converted from, its license), for metadata others can follow.
 HUB_BASES = {EMBEDDED_PREFIX + "SmolLM2-135M-Instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}
 HEADLINE_METRICS = ("train_loss", "eval_loss", "eval_accuracy", "objective/scores", "objective/kl")
-CURVES = {"loss": "train loss", "eval_loss": "eval loss", "objective/scores": "reward", "objective/kl": "KL"}
-TRAINING_CURVES = "training_curves.png"
 _SECRETS = re.compile(r"(--(?:hub_)?token[= ])\S+|\bhf_[A-Za-z0-9]{30,}")
 
 
@@ -139,31 +138,6 @@ def reward_lineage(lineage: dict) -> dict | None:
 
 
 # ------------------------------------------------------------------------------------------------------- plots
-def plot_training_curves(lineages: list[dict], path: Path) -> bool:
-    """One panel per stage with its logged loss / eval loss / reward / KL from `trainer_state.json`; False if none."""
-    panels = []
-    for lineage in lineages:
-        state = Path(lineage.get("output_dir") or lineage["chain"][-1]["output_dir"]) / "trainer_state.json"
-        history = json.loads(state.read_text()).get("log_history", []) if state.is_file() else []
-        series = {label: [(e["step"], e[k]) for e in history if k in e and "step" in e] for k, label in CURVES.items()}
-        series = {label: points for label, points in series.items() if points}
-        if series:
-            panels.append((lineage["stage"], series))
-    if not panels:
-        return False
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(4 * len(panels), 3))
-    for axes, (stage, series) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
-        for label, points in series.items():
-            axes.plot(*zip(*points, strict=True), marker="." if len(points) < 20 else None, label=label)
-        axes.set(title=stage, xlabel="step")
-        axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    return True
-
-
 # ------------------------------------------------------------------------------------------------------ render
 def _evaluation_table(results: list[dict]) -> dict:
     """Results as rows (task, dataset, metric) x columns (stages, in the order they first appear)."""
