@@ -11,7 +11,7 @@ import yaml
 from conftest import CONFIGS, REPO
 
 from rlhf_recipes import stages
-from rlhf_recipes.cli import UserError
+from rlhf_recipes.errors import UserError
 
 ALL_YAML = sorted(p for p in (REPO / "configs").rglob("*.yaml"))
 

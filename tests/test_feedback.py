@@ -18,7 +18,7 @@ import pytest
 from conftest import CONFIGS, REPO
 
 from rlhf_recipes import stages
-from rlhf_recipes.cli import UserError
+from rlhf_recipes.errors import UserError
 from rlhf_recipes.feedback import export, importers, rankers
 from rlhf_recipes.feedback.store import Rejected, Store
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rlhf_recipes.cli import UserError
+from rlhf_recipes.errors import UserError
 from rlhf_recipes.feedback.store import Store
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"

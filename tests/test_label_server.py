@@ -17,7 +17,7 @@ from conftest import CONFIGS, REPO
 from test_label_page import Page, browser, free_port, make_store, saved, serving_in_thread, wait_until  # noqa: F401
 
 from rlhf_recipes import stages
-from rlhf_recipes.cli import UserError
+from rlhf_recipes.errors import UserError
 from rlhf_recipes.feedback.store import Store
 
 

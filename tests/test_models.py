@@ -8,7 +8,7 @@ import pytest
 from conftest import DEMO
 
 from rlhf_recipes import models
-from rlhf_recipes.cli import UserError
+from rlhf_recipes.errors import UserError
 
 
 def test_embedded_model_is_an_ordinary_checkpoint(embedded_model_path):

@@ -19,7 +19,7 @@ import torch
 from conftest import CONFIGS, DEMO, REPO
 
 from rlhf_recipes import stages
-from rlhf_recipes.cli import UserError
+from rlhf_recipes.errors import UserError
 
 
 # ------------------------------------------------------------------------------------------------------------ help

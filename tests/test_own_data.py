@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from rlhf_recipes import stages
-from rlhf_recipes.cli import UserError
 from rlhf_recipes.data.formats import FIELDS
+from rlhf_recipes.errors import UserError
 
 CARD = "---\nlicense: mit\ntask_categories: [text-generation]\n---\n# A dataset card\n\nNot data.\n"
 # A card whose `configs` name the splits: without it, these file names would be one pile (no split keyword in them)

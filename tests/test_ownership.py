@@ -14,7 +14,7 @@ from conftest import CONFIGS, REPO
 from test_bad_inputs_stages import _tree, run_recipe
 
 from rlhf_recipes import fs, stages
-from rlhf_recipes.cli import UserError
+from rlhf_recipes.errors import UserError
 
 
 def _marked(folder: Path, stage: str, run: str | None = None, **files) -> Path:

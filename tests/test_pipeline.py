@@ -17,7 +17,7 @@ from conftest import CONFIGS, REPO
 from safetensors.torch import load_file
 
 from rlhf_recipes import stages
-from rlhf_recipes.cli import UserError
+from rlhf_recipes.errors import UserError
 from rlhf_recipes.pipeline import PipelineConfig, StageRun, parse_argv, run_pipeline, stage_hash
 
 # Small overrides of the real pipeline.yaml: 2 steps per stage, short answers, a few eval rows. Both override forms:

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from conftest import CONFIGS, REPO
 
-from rlhf_recipes import cli, stages
+from rlhf_recipes import cli, errors, stages
 from rlhf_recipes import plan as planner
 from rlhf_recipes.plan import calibration
 from rlhf_recipes.plan.run import plannable
@@ -67,7 +67,7 @@ def test_pipeline_plans_every_training_stage_through_unwritten_outputs(tmp_path)
 def test_pipeline_overrides_go_to_the_stages_that_have_the_key():
     plans = planner.plan_file(str(CONFIGS / "pipeline.yaml"), ["--max_length", "128"], device=CPU)
     assert all("x 128 tokens" in p.setup for p in plans if p.stage != "ppo")  # PPO has no max_length
-    with pytest.raises(cli.UserError, match="max_lenth"):
+    with pytest.raises(errors.UserError, match="max_lenth"):
         planner.plan_file(str(CONFIGS / "pipeline.yaml"), ["--max_lenth", "128"], device=CPU)
 
 

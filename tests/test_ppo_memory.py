@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from test_stages import PPO_RUN, lora_b_norms, run_stage
 
-from rlhf_recipes.cli import UserError
+from rlhf_recipes.errors import UserError
 
 
 @pytest.fixture(scope="module")

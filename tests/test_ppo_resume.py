@@ -16,7 +16,7 @@ from conftest import CONFIGS, REPO
 from safetensors.torch import load_file
 
 from rlhf_recipes import stages
-from rlhf_recipes.cli import UserError
+from rlhf_recipes.errors import UserError
 
 # 8 updates of 4 episodes, a checkpoint every 2 updates
 PPO_ARGS = ["--total_episodes", "32", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",

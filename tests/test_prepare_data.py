@@ -12,12 +12,12 @@ import pytest
 import yaml
 
 from rlhf_recipes import stages
-from rlhf_recipes.cli import UserError
 from rlhf_recipes.config import Origin
 from rlhf_recipes.data.cleaning import check_assistant_mask, normalize_text
 from rlhf_recipes.data.config import SourceConfig, parse_argv
 from rlhf_recipes.data.formats import FIELDS, RecordError, convert, detect_format
 from rlhf_recipes.data.sources import load_source
+from rlhf_recipes.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "tests" / "data" / "formats"

@@ -22,7 +22,7 @@ from conftest import CONFIGS, DEMO, REPO
 from test_stages import run_stage
 
 from rlhf_recipes import stages
-from rlhf_recipes.cli import UserError
+from rlhf_recipes.errors import UserError
 from rlhf_recipes.models import read_lineage, resolve_model_path
 from rlhf_recipes.publish import cards, hub, inputs
 

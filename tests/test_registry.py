@@ -14,7 +14,7 @@ import yaml
 from conftest import CONFIGS, REPO
 
 from rlhf_recipes import stages
-from rlhf_recipes.cli import UserError
+from rlhf_recipes.errors import UserError
 
 PLUGIN = """
 from pathlib import Path

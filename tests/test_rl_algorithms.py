@@ -187,7 +187,7 @@ def test_pipeline_rl_choice_expands_into_one_stage_per_algorithm(tmp_path):
     demo, _ = parse_argv(["--config", str(CONFIGS / "pipeline.yaml"), "--rl", "grpo,dpo"])
     assert [run.name for run in demo.stages if run.spec.role == "rl"] == ["grpo", "dpo"]
 
-    from rlhf_recipes.cli import UserError
+    from rlhf_recipes.errors import UserError
 
     with pytest.raises(UserError, match="rl names 'ppp'; the RL algorithms are ppo, grpo, rloo, online_dpo, dpo"):
         parse_argv(["--config", str(CONFIGS / "pipeline.yaml"), "--rl", "ppp"])
@@ -217,7 +217,7 @@ def test_evaluation_reads_the_reward_accuracy_the_reward_stage_measured_and_they
     assert measured["value"] == pytest.approx(lineage["metrics"]["eval_accuracy"], abs=1e-4)
     assert reused["value"] == pytest.approx(lineage["metrics"]["eval_accuracy"], abs=1e-4)
 
-    from rlhf_recipes.cli import UserError
+    from rlhf_recipes.errors import UserError
 
     with pytest.raises(
         UserError, match=r"skip: 'ppp.domain-qa' must be MODEL.TASK with MODEL a model \(sft\), a stage"
@@ -233,7 +233,7 @@ def test_prompts_too_long_for_the_context_are_dropped_and_counted_or_refused(tok
     dropped and counted; more than max_dropped_share of them is one sentence before any model loads."""
     from datasets import Dataset
 
-    from rlhf_recipes.cli import UserError
+    from rlhf_recipes.errors import UserError
     from rlhf_recipes.models import load_tokenizer
     from rlhf_recipes.train.online import prompt_room
     from rlhf_recipes.train.rl import fit_prompts

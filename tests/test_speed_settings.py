@@ -8,7 +8,7 @@ from conftest import CONFIGS
 from datasets import Dataset
 
 from rlhf_recipes import stages
-from rlhf_recipes.cli import UserError
+from rlhf_recipes.errors import UserError
 from rlhf_recipes.models import load_tokenizer
 
 

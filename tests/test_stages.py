@@ -11,7 +11,7 @@ from conftest import CONFIGS
 from safetensors.torch import load_file
 
 from rlhf_recipes import stages
-from rlhf_recipes.cli import UserError
+from rlhf_recipes.errors import UserError
 from rlhf_recipes.models import read_lineage, resolve_model_path
 
 

@@ -129,7 +129,7 @@ def test_ppo_refuses_a_sampling_strategy_it_cannot_use(tmp_path):
     refuses the rest."""
     from trl import ModelConfig
 
-    from rlhf_recipes.cli import UserError
+    from rlhf_recipes.errors import UserError
     from rlhf_recipes.train.ppo import PPOConfig
     from rlhf_recipes.train.rl import LengthGroupedBatches
     from rlhf_recipes.train.scoring_models import check_model_options

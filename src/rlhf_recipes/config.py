@@ -22,7 +22,7 @@ import typing
 from pathlib import Path
 from typing import Literal
 
-from .cli import UserError, suggest
+from .errors import UserError, suggest
 
 
 def help_field(text: str, **kwargs):

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cli import UserError
+from .errors import UserError
 
 MARKER = ".rlhf-recipes"
 RUN_ENV = "RLHF_RECIPES_PIPELINE_RUN"  # the pipeline run a stage process belongs to (set by the pipeline)

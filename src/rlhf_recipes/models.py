@@ -19,7 +19,7 @@ import logging
 import os
 from pathlib import Path
 
-from .cli import UserError
+from .errors import UserError
 from .fs import build_cached
 
 logger = logging.getLogger(__name__)

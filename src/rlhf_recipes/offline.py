@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from .cli import UserError
+from .errors import UserError
 
 _TRUE = ("1", "ON", "YES", "TRUE")
 _CONNECTION_WORDS = re.compile(

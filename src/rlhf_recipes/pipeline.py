@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import fs, stages
-from .cli import UserError, suggest
 from .config import Origin, Text, build, read_yaml, split_argv
+from .errors import UserError, suggest
 from .models import DEFAULT_MODEL
 
 MANIFEST = "pipeline_manifest.json"

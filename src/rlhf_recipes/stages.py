@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cli import UserError, suggest
+from .errors import UserError, suggest
 from .models import CAUSAL_LM, REWARD_MODEL
 
 _CHECKOUT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cli import UserError
+from .errors import UserError
 
 # field -> (test, what the value must be); checked on whichever parsed dataclass has the field
 _POSITIVE = "must be a positive whole number"

@@ -10,7 +10,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from .cli import UserError
+from .errors import UserError
 
 
 def config_folders() -> list[str]:

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..cli import UserError, suggest
 from ..config import Origin, build, load_nested
 from ..config import help_field as _help
+from ..errors import UserError, suggest
 from ..models import DEFAULT_MODEL
 from .formats import FORMATS, KINDS, ROLES
 

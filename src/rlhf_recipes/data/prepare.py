@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import fs
-from ..cli import UserError
 from ..config import Origin
+from ..errors import UserError
 from ..models import DEFAULT_MODEL, load_tokenizer, resolve_model_path
 from .cleaning import NearDuplicateIndex, ReferenceSet, Thresholds, annotate_batch, deduplicate, normalize_record
 from .config import CleaningConfig, DataConfig, check_only

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import offline
-from ..cli import UserError
 from ..config import Origin
+from ..errors import UserError
 from .config import SourceConfig
 from .files import COMPRESSIONS, EXTENSIONS, SUPPORTED, builder_of, load_problem, locate
 from .formats import (

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from functools import cached_property
 
-from ..cli import UserError
+from ..errors import UserError
 
 _PLACEHOLDER = re.compile(r"\{[^}]*\}")
 

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 
 from .. import stages
-from ..cli import UserError
+from ..errors import UserError
 from ..models import CAUSAL_LM, REWARD_MODEL, model_kind, read_lineage
 from ..validation import check_model
 from .config import EvaluationArguments

@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
-from ..cli import UserError
+from ..errors import UserError
 from .config import parse_logins
 from .page import FOCUS_KEYS, RankingPage
 from .store import Rejected, Store

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 
-from ..cli import UserError
+from ..errors import UserError
 from .config import CollectArguments
 from .database import display_name
 from .store import Store

@@ -91,7 +91,7 @@ def check_heldout(heldout: str | None) -> None:
 
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    from ..cli import UserError
+    from ..errors import UserError
 
     if not heldout or Path(heldout).expanduser().exists():
         return
@@ -111,7 +111,7 @@ def read_guidelines(path: str | None) -> str | None:
     """The labelling guidelines' Markdown, read before the page starts; a missing or unreadable file is one sentence."""
     from pathlib import Path
 
-    from ..cli import UserError
+    from ..errors import UserError
 
     if not path:
         return None
@@ -130,7 +130,7 @@ def read_guidelines(path: str | None) -> str | None:
 def parse_logins(pairs: list[str]) -> list[tuple[str, str]]:
     """`name:password` strings (one `--login` each) as (name, password) pairs; every one is honoured, and an empty
     name or password, or a name given twice, is one sentence."""
-    from ..cli import UserError
+    from ..errors import UserError
 
     logins = []
     for pair in pairs:

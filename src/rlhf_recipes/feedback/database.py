@@ -15,7 +15,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from ..cli import UserError
+from ..errors import UserError
 
 metadata = sa.MetaData()
 prompts = sa.Table(

@@ -78,7 +78,7 @@ def write_pairs(store, rounds: list[int], output_dir: str, heldout: str | None, 
     from datasets import Dataset, load_dataset
 
     from .. import fs
-    from ..cli import UserError
+    from ..errors import UserError
 
     rows, report = export_rows(store, rounds)
     if not rows:

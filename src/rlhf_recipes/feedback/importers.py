@@ -18,7 +18,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from ..cli import UserError
+from ..errors import UserError
 
 ROLES = {"prompter": "user", "assistant": "assistant"}
 CHAT_ROLES = ("system", "user", "assistant")

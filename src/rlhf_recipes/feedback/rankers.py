@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from ..cli import UserError
+from ..errors import UserError
 
 
 def tiers_from_scores(scores: list[float]) -> list[list[int]]:

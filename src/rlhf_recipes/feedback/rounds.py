@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 
-from ..cli import UserError
+from ..errors import UserError
 
 ROUND_PLACEHOLDERS = ("round", "prev_round", "round_dir", "prev_policy", "prev_reward")
 

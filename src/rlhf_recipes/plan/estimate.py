@@ -25,7 +25,7 @@ import json
 import math
 from pathlib import Path
 
-from ..cli import UserError
+from ..errors import UserError
 from ..models import CAUSAL_LM, REWARD_MODEL
 from . import calibration
 from .device import GIB, Device

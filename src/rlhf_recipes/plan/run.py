@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 
 from .. import stages
-from ..cli import UserError, suggest
 from ..config import read_yaml, split_argv
+from ..errors import UserError, suggest
 from .device import Device
 from .estimate import split_configs
 from .shapes import quiet

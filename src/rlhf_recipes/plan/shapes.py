@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import models
-from ..cli import UserError
+from ..errors import UserError
 
 KNOWN_MODELS = Path(__file__).resolve().parents[1] / "assets" / "known_models"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from ..cli import UserError
+from ..errors import UserError
 from ..evaluation.curves import TRAINING_CURVES, plot_training_curves
 from ..models import CAUSAL_LM, EMBEDDED_PREFIX, REWARD_MODEL, read_lineage
 from ..validation import read_json

@@ -18,7 +18,8 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from .. import fs
-from ..cli import UserError, parse_config
+from ..cli import parse_config
+from ..errors import UserError
 from ..models import adapter_base, load_tokenizer, read_lineage, resolve_model_path
 from .cards import redact, write_stage_card
 

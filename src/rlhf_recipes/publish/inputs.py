@@ -9,7 +9,7 @@ import json
 import struct
 from pathlib import Path
 
-from ..cli import UserError
+from ..errors import UserError
 from ..models import CAUSAL_LM, EMBEDDED_PREFIX, REWARD_MODEL
 from ..validation import RERUN, read_json
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from .. import fs
-from ..cli import UserError
+from ..errors import UserError
 from ..lineage import build_lineage, config_dict, write_lineage
 from ..models import require_kind, resolve_model_path
 from ..progress import StepTimer

@@ -17,7 +17,7 @@ import torch
 from trl import GRPOConfig as TRLGRPOConfig
 from trl import RLOOConfig as TRLRLOOConfig
 
-from ..cli import UserError
+from ..errors import UserError
 from ..scoring import RewardScorer
 
 logger = logging.getLogger(__name__)

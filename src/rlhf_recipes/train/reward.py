@@ -20,7 +20,7 @@ from transformers.trainer_pt_utils import BatchRebalanceSampler
 from trl import RewardConfig as _TRLRewardConfig
 from trl import RewardTrainer as _TRLRewardTrainer
 
-from ..cli import UserError
+from ..errors import UserError
 
 __all__ = ["PromptGroupedBatchSampler", "RewardConfig", "RewardTrainer", "check_pair_lengths"]
 logger = logging.getLogger(__name__)

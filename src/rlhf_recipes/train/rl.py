@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ..cli import UserError
+from ..errors import UserError
 from ..models import read_lineage
 
 logger = logging.getLogger(__name__)

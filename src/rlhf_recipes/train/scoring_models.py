@@ -8,7 +8,7 @@ import dataclasses
 
 import torch
 
-from ..cli import UserError
+from ..errors import UserError
 
 
 def check_model_options(training_args, model_args) -> None:

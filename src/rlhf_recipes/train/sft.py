@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig as _TRLSFTConfig
 
-from ..cli import UserError
+from ..errors import UserError
 
 logger = logging.getLogger(__name__)
 

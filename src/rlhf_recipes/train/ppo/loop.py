@@ -40,7 +40,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import TrainOutput
 
-from ...cli import UserError
+from ...errors import UserError
 from ...scoring import RewardScorer
 from ..unpad import forward_rows, rollout_inputs
 from . import checkpoints, losses
