@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import difflib
 import logging
 import sys
 from collections.abc import Callable, Iterable
 
+from .errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, RESUMES, UserError, environment_error, suggest
+
 logger = logging.getLogger("rlhf_recipes")
 
 
-class UserError(Exception):
-    """An error the user can fix (bad config, bad data, missing token): printed as one sentence, exit code 2."""
-
-
-RESUMES = "rerun the same command: a training stage resumes from its last complete checkpoint"
 # Notices libraries log at import that say nothing about a run: bitsandbytes on a CPU with AVX512-BF16 logs a warning
 # that an optional kernel package is missing, as the first line of every command (`--help` included)
 _NOTICES = {"bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward from kernels-community",)}
@@ -31,51 +27,6 @@ def quiet_library_notices() -> None:
             library.filters.append(notice)
 
 
-# What libraries that are not Python say for a full disk: the tokenizers library raises a plain Exception ("No space
-# left on device (os error 28)"), safetensors a SafetensorError, SQLite "database or disk is full", and torch.save an
-# enforce failure of its zip writer that names no errno at all.
-_FULL_DISK = ("no space left on device", "(os error 28)", "[errno 28]", "database or disk is full")
-_QUOTA = ("disk quota exceeded", "(os error 122)", "[errno 122]")
-_TORCH_WRITE = ("inline_container.cc", ("unexpected pos", "file write failed"))
-
-
-def _chain(error: BaseException) -> list[BaseException]:
-    """The error and those it was raised from or during, innermost last (a cycle is cut)."""
-    out = []
-    while error is not None and error not in out:
-        out.append(error)
-        error = error.__cause__ or error.__context__
-    return out
-
-
-def environment_error(error: BaseException) -> str | None:
-    """One sentence for a fault of the machine rather than of the code (full disk, read-only or forbidden path), from
-    an OSError anywhere in the chain or from what a non-Python library says; None for anything else (a bug)."""
-    import errno
-
-    for link in _chain(error):
-        if not isinstance(link, OSError) or link.errno is None:
-            continue
-        where = f" ({link.filename})" if getattr(link, "filename", None) else ""
-        if link.errno == errno.ENOSPC:
-            return f"the disk is full{where}; free some space and {RESUMES}."
-        if link.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            return f"cannot write{where}: {link.strerror.lower()}; choose a writable output folder and rerun."
-        if link.errno == errno.EDQUOT:
-            return f"the disk quota is exceeded{where}; free some space and {RESUMES}."
-    said = " ".join(" ".join(str(link).split()) for link in _chain(error))
-    text = said.lower()
-    if any(words in text for words in _FULL_DISK):
-        return f"the disk is full ({said[:160]}); free some space and {RESUMES}."
-    if any(words in text for words in _QUOTA):
-        return f"the disk quota is exceeded ({said[:160]}); free some space and {RESUMES}."
-    if _TORCH_WRITE[0] in text and any(words in text for words in _TORCH_WRITE[1]):
-        return (
-            f"writing a PyTorch file failed ({said[:160]}), most likely on a full disk; free some space and {RESUMES}."
-        )
-    return None
-
-
 def run(main: Callable[[], object]) -> None:
     """Run a recipe's entry point: user errors and machine faults (full disk, read-only folder, Ctrl-C) become one line
     on stderr and a non-zero exit code (2, or 130 for Ctrl-C); bugs keep their traceback."""
@@ -84,22 +35,16 @@ def run(main: Callable[[], object]) -> None:
         main()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
         print(f"error: interrupted (Ctrl-C); nothing unfinished was marked done; {RESUMES}.", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as error:  # a machine fault says so in many forms (environment_error); anything else is a bug
         message = environment_error(error)
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
-def suggest(key: str, known: list[str]) -> str:
-    """The "did you mean" of every unknown-name error in the project."""
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
-    return f"; did you mean '{close[0]}'?" if close else "; remove it or check the spelling against `--help`."
+        sys.exit(EXIT_USER_ERROR)
 
 
 def parse_config(
