@@ -10,9 +10,11 @@ brings rankings made elsewhere (OpenAssistant trees, a ranking dataset, an Argil
 Then rank them: recipes/label.py.
 """
 
-from rlhf_recipes import cli
+from rlhf_recipes import stages
 from rlhf_recipes.feedback.collect import run_collect
 from rlhf_recipes.feedback.config import CollectArguments
+
+STAGE = stages.get("collect")
 
 
 def main(args: CollectArguments) -> dict:
@@ -22,4 +24,4 @@ def main(args: CollectArguments) -> dict:
 
 
 if __name__ == "__main__":
-    cli.run_recipe(__file__, main)
+    stages.run_recipe(STAGE, main)

@@ -6,7 +6,7 @@ TRL's SFTTrainer on a `text` column with `packing: true` (set in the YAML): no c
 documents joined with EOS between them and cut into full rows, so no step is spent on padding.
 """
 
-from rlhf_recipes import cli, stages  # first: it quiets a notice bitsandbytes logs when trl imports it
+from rlhf_recipes import stages  # first: it quiets a notice bitsandbytes logs when trl imports it
 
 # isort: split
 from transformers import set_seed
@@ -15,7 +15,7 @@ from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, get_peft_co
 from rlhf_recipes.models import load_tokenizer
 from rlhf_recipes.train import common
 
-STAGE = stages.for_recipe(__file__)
+STAGE = stages.get("cpt")
 
 
 def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> dict:
@@ -41,4 +41,4 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
 
 
 if __name__ == "__main__":
-    cli.run_recipe(__file__, main)
+    stages.run_recipe(STAGE, main)

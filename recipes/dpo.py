@@ -8,7 +8,7 @@ data. `load_in_4bit` trains QLoRA. Evaluated like every RL stage: sampled answer
 reward model (which DPO never saw in training) and by the judge.
 """
 
-from rlhf_recipes import cli, stages  # first: it quiets a notice bitsandbytes logs when trl imports it
+from rlhf_recipes import stages  # first: it quiets a notice bitsandbytes logs when trl imports it
 
 # isort: split
 from trl import DPOConfig, DPOTrainer, ModelConfig, ScriptArguments, get_peft_config, get_quantization_config
@@ -16,7 +16,7 @@ from trl import DPOConfig, DPOTrainer, ModelConfig, ScriptArguments, get_peft_co
 from rlhf_recipes.models import load_tokenizer
 from rlhf_recipes.train import common, rl
 
-STAGE = stages.for_recipe(__file__)
+STAGE = stages.get("dpo")
 KEY_SETTINGS = ("beta", "loss_type", "max_length", "learning_rate", "num_train_epochs", "max_steps")
 
 
@@ -50,4 +50,4 @@ def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mod
 
 
 if __name__ == "__main__":
-    cli.run_recipe(__file__, main)
+    stages.run_recipe(STAGE, main)

@@ -12,10 +12,12 @@ reward-length correlation; the reward model's held-out pairwise accuracy. Writes
 
 from pathlib import Path
 
-from rlhf_recipes import cli
+from rlhf_recipes import stages
 from rlhf_recipes.evaluation.config import EvaluationArguments
 from rlhf_recipes.evaluation.report import summary_table
 from rlhf_recipes.evaluation.run import run_evaluation
+
+STAGE = stages.get("eval")
 
 
 def main(args: EvaluationArguments) -> dict:
@@ -26,4 +28,4 @@ def main(args: EvaluationArguments) -> dict:
 
 
 if __name__ == "__main__":
-    cli.run_recipe(__file__, main)
+    stages.run_recipe(STAGE, main)

@@ -13,10 +13,13 @@ ranked now). `simulated`, `lm:<model>` and `reward:<folder>` rank unattended, ea
 export writes every ranking's C(K,2) pairs (ties skipped), grouped by prompt, with counts and labeller agreement.
 """
 
-from rlhf_recipes import cli
+from rlhf_recipes import stages
+from rlhf_recipes.errors import UserError
 from rlhf_recipes.feedback.config import LabelArguments, check_heldout, parse_logins, read_guidelines
 from rlhf_recipes.feedback.export import write_pairs
 from rlhf_recipes.feedback.store import Store
+
+STAGE = stages.get("label")
 
 
 def main(args: LabelArguments) -> dict:
@@ -24,7 +27,7 @@ def main(args: LabelArguments) -> dict:
     guidelines, logins = read_guidelines(args.guidelines), parse_logins(args.login)
     store = Store(args.store, create=False)  # a store that does not exist has nothing to rank: one sentence
     if (args.wait or args.ranker != "human") and not store.prompt_ids(args.round):
-        raise cli.UserError(
+        raise UserError(
             f"round {args.round} of {store.url} holds no answers to rank; collect them first (python "
             f"recipes/collect.py --config configs/smollm2-135m/collect.yaml --round {args.round}), or check --round."
         )
@@ -46,4 +49,4 @@ def main(args: LabelArguments) -> dict:
 
 
 if __name__ == "__main__":
-    cli.run_recipe(__file__, main)
+    stages.run_recipe(STAGE, main)

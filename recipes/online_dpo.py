@@ -7,7 +7,7 @@ DPO loss moves the policy towards the preferred one, relative to the SFT referen
 one scoring path (rlhf_recipes/scoring.py) as a reward function. `load_in_4bit` trains QLoRA.
 """
 
-from rlhf_recipes import cli, stages  # first: it quiets a notice bitsandbytes logs when trl imports it
+from rlhf_recipes import stages  # first: it quiets a notice bitsandbytes logs when trl imports it
 
 # isort: split
 from trl import ModelConfig, ScriptArguments, get_peft_config
@@ -15,7 +15,7 @@ from trl import ModelConfig, ScriptArguments, get_peft_config
 from rlhf_recipes.train import online
 from rlhf_recipes.train.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
-STAGE = stages.for_recipe(__file__)
+STAGE = stages.get("online_dpo")
 KEY_SETTINGS = ("beta", "loss_type", "max_new_tokens", "temperature", "learning_rate", "max_steps",
                 "missing_eos_penalty")  # fmt: skip
 
@@ -38,4 +38,4 @@ def main(script_args: ScriptArguments, training_args: OnlineDPOConfig, model_arg
 
 
 if __name__ == "__main__":
-    cli.run_recipe(__file__, main)
+    stages.run_recipe(STAGE, main)

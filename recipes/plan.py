@@ -19,7 +19,7 @@ import json
 import logging
 import sys
 
-from rlhf_recipes import cli
+from rlhf_recipes import cli, errors
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
@@ -55,7 +55,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
 
 
 def refuse(message: str):
-    raise cli.UserError(f"{message}; see python recipes/plan.py --help.")
+    raise errors.UserError(f"{message}; see python recipes/plan.py --help.")
 
 
 def main(argv=None) -> list:

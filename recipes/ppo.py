@@ -11,7 +11,7 @@ its own chat template (rlhf_recipes/scoring.py), log-probs are float32, and a ki
 checkpoint.
 """
 
-from rlhf_recipes import cli, stages  # first: it quiets a notice bitsandbytes logs when trl imports it
+from rlhf_recipes import stages  # first: it quiets a notice bitsandbytes logs when trl imports it
 
 # isort: split
 from transformers import AutoModelForCausalLM, set_seed
@@ -22,7 +22,7 @@ from rlhf_recipes.train import common, rl
 from rlhf_recipes.train.ppo import PPOConfig, PPOTrainer, final_metrics, tokenize_prompts
 from rlhf_recipes.train.scoring_models import add_value_adapter, check_model_options, load_scoring_model
 
-STAGE = stages.for_recipe(__file__)
+STAGE = stages.get("ppo")
 KEY_SETTINGS = ("kl_coef", "kl_estimator", "response_length", "temperature", "total_episodes", "num_ppo_epochs",
                 "learning_rate", "cliprange", "vf_coef", "missing_eos_penalty")  # fmt: skip
 
@@ -74,4 +74,4 @@ def main(script_args: ScriptArguments, training_args: PPOConfig, model_args: Mod
 
 
 if __name__ == "__main__":
-    cli.run_recipe(__file__, main)
+    stages.run_recipe(STAGE, main)

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import logging
 
-from rlhf_recipes.cli import run_recipe
+from rlhf_recipes import stages
 from rlhf_recipes.config import Origin
 from rlhf_recipes.data.config import DataConfig
 from rlhf_recipes.data.prepare import prepare
+
+STAGE = stages.get("data")
 
 logger = logging.getLogger("rlhf_recipes.prepare_data")
 
@@ -40,4 +42,4 @@ def main(config: DataConfig, where: Origin, only: list[str] | None = None) -> li
 
 
 if __name__ == "__main__":
-    run_recipe(__file__, main)
+    stages.run_recipe(STAGE, main)

@@ -12,17 +12,20 @@ from pathlib import Path
 
 from huggingface_hub import get_token
 
-from rlhf_recipes import cli
+from rlhf_recipes import stages
+from rlhf_recipes.errors import UserError
 from rlhf_recipes.models import resolve_model_path
 from rlhf_recipes.publish import cards, hub, inputs
 from rlhf_recipes.publish.hub import PublishArguments
+
+STAGE = stages.get("publish")
 
 
 def main(args: PublishArguments) -> dict:
     # Model: a finished stage output (its lineage.json is written last), its files whole, before anything loads
     lineage = inputs.read_stage_lineage(args.model_path or "")
     if not args.dry_run and not args.hub_model_id:
-        raise cli.UserError("hub_model_id is not set; pass --hub_model_id you/model-name, or --dry_run to only stage.")
+        raise UserError("hub_model_id is not set; pass --hub_model_id you/model-name, or --dry_run to only stage.")
     inputs.check_model_folder(args.model_path)
     token = get_token()  # only to keep it out of what is written
     has_adapter = (Path(args.model_path) / "adapter_config.json").is_file()
@@ -35,7 +38,7 @@ def main(args: PublishArguments) -> dict:
     data_report = cards.load_data_report(args.data_report_path)
     missing = [p for p in args.plots if not Path(p).is_file()]
     if missing or len({Path(p).name for p in args.plots}) < len(args.plots):
-        raise cli.UserError(
+        raise UserError(
             f"plots must be existing PNG files with distinct names; check {', '.join(missing or args.plots)}."
         )
 
@@ -51,7 +54,7 @@ def main(args: PublishArguments) -> dict:
     elif has_adapter:
         adapter_base_id = cards.hub_id(lineage["model_name_or_path"])
         if adapter_base_id is None:
-            raise cli.UserError(
+            raise UserError(
                 f"merge: false publishes only the adapter, but its base {lineage['model_name_or_path']} "
                 "is a local folder nobody else can load; set merge: true."
             )
@@ -116,4 +119,4 @@ def main(args: PublishArguments) -> dict:
 
 
 if __name__ == "__main__":
-    cli.run_recipe(__file__, main)
+    stages.run_recipe(STAGE, main)

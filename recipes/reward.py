@@ -7,17 +7,18 @@ With `use_peft` the LoRA adapter is a `SEQ_CLS` one (`lora_task_type: SEQ_CLS`),
 `max_length` are counted before training (RewardTrainer drops them).
 """
 
-from rlhf_recipes import cli, stages  # first: it quiets a notice bitsandbytes logs when trl imports it
+from rlhf_recipes import stages  # first: it quiets a notice bitsandbytes logs when trl imports it
 
 # isort: split
 from transformers import set_seed
 from trl import ModelConfig, ScriptArguments, get_peft_config, get_quantization_config
 
+from rlhf_recipes.errors import UserError
 from rlhf_recipes.models import load_tokenizer
 from rlhf_recipes.train import common
 from rlhf_recipes.train.reward import RewardConfig, RewardTrainer, check_pair_lengths
 
-STAGE = stages.for_recipe(__file__)
+STAGE = stages.get("reward")
 
 
 def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: ModelConfig) -> dict:
@@ -25,7 +26,7 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
 
     # Model: a causal LM (usually the SFT stage's output) that gets a one-output score head
     if model_args.use_peft and model_args.lora_task_type != "SEQ_CLS":
-        raise cli.UserError("reward models need `lora_task_type: SEQ_CLS` with `use_peft: true`; set it in the YAML.")
+        raise UserError("reward models need `lora_task_type: SEQ_CLS` with `use_peft: true`; set it in the YAML.")
     model_path = common.prepare_model(model_args.model_name_or_path, STAGE)
     tokenizer = load_tokenizer(model_path)
     init_kwargs = common.model_init_kwargs(model_args)
@@ -50,4 +51,4 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
 
 
 if __name__ == "__main__":
-    cli.run_recipe(__file__, main)
+    stages.run_recipe(STAGE, main)

@@ -8,7 +8,7 @@ model scores every answer, and each answer's baseline is the mean reward of the 
 as a reward function. `load_in_4bit` trains QLoRA.
 """
 
-from rlhf_recipes import cli, stages  # first: it quiets a notice bitsandbytes logs when trl imports it
+from rlhf_recipes import stages  # first: it quiets a notice bitsandbytes logs when trl imports it
 
 # isort: split
 from trl import ModelConfig, RLOOTrainer, ScriptArguments, get_peft_config
@@ -16,7 +16,7 @@ from trl import ModelConfig, RLOOTrainer, ScriptArguments, get_peft_config
 from rlhf_recipes.train import online
 from rlhf_recipes.train.online import RLOOConfig
 
-STAGE = stages.for_recipe(__file__)
+STAGE = stages.get("rloo")
 KEY_SETTINGS = ("num_generations", "beta", "normalize_advantages", "max_completion_length", "temperature",
                 "learning_rate", "max_steps", "epsilon", "missing_eos_penalty")  # fmt: skip
 
@@ -39,4 +39,4 @@ def main(script_args: ScriptArguments, training_args: RLOOConfig, model_args: Mo
 
 
 if __name__ == "__main__":
-    cli.run_recipe(__file__, main)
+    stages.run_recipe(STAGE, main)

@@ -7,7 +7,7 @@ renders byte-identically and marks assistant turns (end-of-turn token included).
 rendered and measured: a conversation that `max_length` would leave with no assistant token stops the run.
 """
 
-from rlhf_recipes import cli, stages  # first: it quiets a notice bitsandbytes logs when trl imports it
+from rlhf_recipes import stages  # first: it quiets a notice bitsandbytes logs when trl imports it
 
 # isort: split
 from transformers import set_seed
@@ -16,7 +16,7 @@ from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, get_peft_co
 from rlhf_recipes.models import load_tokenizer
 from rlhf_recipes.train import common, sft
 
-STAGE = stages.for_recipe(__file__)
+STAGE = stages.get("sft")
 
 
 def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> dict:
@@ -44,4 +44,4 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
 
 
 if __name__ == "__main__":
-    cli.run_recipe(__file__, main)
+    stages.run_recipe(STAGE, main)

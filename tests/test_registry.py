@@ -33,7 +33,8 @@ stages.register(stages.Stage(
 @pytest.fixture
 def toy_stage(tmp_path, monkeypatch):
     (tmp_path / "toy_stage_plugin.py").write_text(PLUGIN)
-    shutil.copy(REPO / "recipes" / "sft.py", tmp_path / "toy.py")  # its recipe: `STAGE = stages.for_recipe(__file__)`
+    recipe = (REPO / "recipes" / "sft.py").read_text().replace('stages.get("sft")', 'stages.get("toy")')
+    (tmp_path / "toy.py").write_text(recipe)  # its recipe: SFT's, with `STAGE = stages.get("toy")`
     shutil.copy(CONFIGS / "sft.yaml", tmp_path / "toy.yaml")  # its YAML, named after it
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("RLHF_RECIPES_STAGES", "toy_stage_plugin")

@@ -138,15 +138,3 @@ def check_trackers(report_to, where) -> None:
                 f"report_to {where('report_to')} names {name}, which is not installed; `pip install "
                 f"{TRACKER_PACKAGES.get(name, name)}`, or set report_to: trackio (the project's tracker) or none."
             )
-
-
-def run_recipe(recipe_file: str, main: Callable) -> None:
-    """A recipe's entry point: parse the command line with the config classes the registry names for the stage this
-    file runs (`stages.py`), then call `main` with them; user errors are one line and exit code 2."""
-
-    def entry():
-        from . import stages
-
-        return main(*stages.for_recipe(recipe_file).parse_args(sys.argv[1:]))
-
-    run(entry)

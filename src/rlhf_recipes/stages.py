@@ -133,29 +133,12 @@ def all_stages() -> list[Stage]:
     return list(_REGISTRY.values())
 
 
-def for_recipe(path: str | Path) -> Stage:
-    """The stage a recipe file runs: a registered recipe, or a user's edited copy of one, told by its file name
-    (`my_sft.py`, `sft-long.py`) or else by the command its docstring keeps (`python recipes/sft.py ...`)."""
-    import re
+def run_recipe(stage: Stage, main: Callable) -> None:
+    """A recipe's entry point (`stages.run_recipe(STAGE, main)`): its command line parsed into the configs the
+    registry names for `stage`, then `main(*configs)`; user errors and machine faults are one line (`cli.run`)."""
+    from .cli import run
 
-    resolved = Path(path).resolve()
-    for stage in _REGISTRY.values():
-        if stage.recipe_path.resolve() == resolved:
-            return stage
-    recipes = {stage.recipe_path.stem: stage for stage in _REGISTRY.values()}
-    named = [stem for stem in recipes if re.search(rf"(^|[^a-z]){re.escape(stem)}([^a-z]|$)", resolved.stem)]
-    if named:
-        return recipes[max(named, key=len)]  # online_dpo over dpo
-    try:
-        said = re.search(r"python recipes/(\w+)\.py", resolved.read_text(encoding="utf-8"))
-    except OSError:
-        said = None
-    if said and said.group(1) in recipes:
-        return recipes[said.group(1)]
-    raise UserError(
-        f"cannot tell which stage {path} runs: name the file after its recipe ({', '.join(recipes)}), e.g. "
-        "my_sft.py, or keep the recipe's docstring."
-    )
+    run(lambda: main(*stage.parse_args(sys.argv[1:])))
 
 
 def for_config(path: str | Path) -> Stage:
