@@ -18,7 +18,9 @@ the prompts come in their stored order from a loader with its own generator. Dif
 the project steps the optimizer once per mini-batch, where TRL 1.12 stepped every `gradient_accumulation_steps`
 micro-batches and on every micro-batch of an update whose prompts ended the loader's epoch (both cases use
 gradient_accumulation_steps: 1, where the two agree; the LoRA case has two mini-batches); and it honours
-`max_grad_norm` (off by default, as TRL's loop ignored it).
+`max_grad_norm` (off by default, as TRL's loop ignored it). With one mini-batch on one process the project reads the
+rollout's values from the update's first forward pass rather than a pass of their own (the full case; the LoRA case,
+with two mini-batches, runs the separate pass): both match.
 """
 
 from __future__ import annotations
@@ -54,12 +56,13 @@ def run(request, tmp_path_factory, tiny_model_path):
         args=args, processing_class=tokenizer, model=policy, ref_model=reference, reward_model=reward,
         value_model=value, train_dataset=dataset,
     )  # fmt: skip
-    sampled = []
+    sampled, value_passes = [], []
     collect = loop.collect
 
-    def recording(trainer_, queries, batch_prompts):
-        rollout = collect(trainer_, queries, batch_prompts)
+    def recording(trainer_, queries, batch_prompts, **kwargs):
+        rollout = collect(trainer_, queries, batch_prompts, **kwargs)
         sampled.append(rollout.responses.tolist())
+        value_passes.append(kwargs.get("values", True))
         return rollout
 
     loop.collect = recording
@@ -68,6 +71,8 @@ def run(request, tmp_path_factory, tiny_model_path):
     finally:
         loop.collect = collect
     updates = [entry for entry in trainer.state.log_history if "objective/scores" in entry]
+    # the LoRA case (two mini-batches) computes values in a pass of their own, the full case (one) in the update's
+    assert set(value_passes) == {name == "lora"}
     weights = {f"policy.{k}": v for k, v in trained_state(trainer.unwrapped.policy).items()}
     weights |= {f"value.{k}": v for k, v in trained_state(trainer.unwrapped.value_model).items()}
     return name, updates, sampled, weights

@@ -231,10 +231,16 @@ class PPOTrainer(Trainer):
 
     def ppo_update(self, batch: dict) -> tuple[Rollout, dict]:
         """One PPO update on one batch of prompts, top to bottom."""
-        args, model = self.args, self.model_wrapped
-        # 1. Rollout: answers, log-probs of policy and reference, values, scores (no gradient)
+        args, model, batches = self.args, self.model_wrapped, self.batches
+        # 1. Rollout: answers, log-probs of policy and reference, scores, values (no gradient). With one mini-batch
+        #    on one process, the update's first forward pass runs at the rollout's weights: it gives the values (and
+        #    under bf16 the log-probs) instead of a pass of its own, and keeps its graph for the first optimizer step
         model.eval()
-        rollout = collect(self, batch["input_ids"], batch["prompt"])
+        fused = batches.local_mini == batches.local and self.accelerator.num_processes == 1
+        rollout = collect(self, batch["input_ids"], batch["prompt"], values=not fused)
+        model.train()
+        order = np.random.permutation(batches.local)  # the first epoch's order of rows
+        first = self._first_pass(model, rollout, order) if fused else []
         mask, value_mask = rollout.mask, rollout.value_mask
 
         # 2. Rewards: -kl_coef x KL per token, and the score on the token after the answer's end
@@ -249,19 +255,17 @@ class PPOTrainer(Trainer):
             advantages = torch.masked_fill(losses.whiten(advantages, mask), ~mask, 0)
 
         # 4. num_ppo_epochs passes in shuffled mini-batches, one optimizer step each
-        model.train()
         stats = {key: [] for key in ("approxkl", "clipfrac", "policy_loss", "value_loss", "value_clipfrac",
                                      "entropy", "ratio")}  # fmt: skip
-        batches, micro = self.batches, args.per_device_train_batch_size
-        for _ in range(args.num_ppo_epochs):
-            order = np.random.permutation(batches.local)
+        for epoch in range(args.num_ppo_epochs):
+            order = order if epoch == 0 else np.random.permutation(batches.local)
             for start in range(0, batches.local, batches.local_mini):
-                mini = order[start : start + batches.local_mini]
-                pieces = [mini[i : i + micro] for i in range(0, len(mini), micro)]
+                pieces = self._pieces(order[start : start + batches.local_mini])
                 for index, rows in enumerate(pieces):
                     sync = index == len(pieces) - 1  # DDP reduces the gradients once, on the last micro-batch
                     with contextlib.nullcontext() if sync else self.accelerator.no_sync(model):
-                        step = self._micro_batch_loss(model, rollout, rows, advantages, returns)
+                        output = first.pop(0) if first else self._forward(model, rollout, rows)
+                        step = self._loss(output, rollout, rows, advantages, returns)
                         self.accelerator.backward(step.pop("loss") / len(pieces))
                     for key, value in step.items():
                         stats[key].append(value)
@@ -271,23 +275,47 @@ class PPOTrainer(Trainer):
                 self.optimizer.zero_grad()
         return rollout, {key: torch.stack(values) for key, values in stats.items()}
 
-    def _micro_batch_loss(self, model, rollout: Rollout, rows, advantages, returns) -> dict:
-        """The clipped policy loss plus vf_coef x the clipped value loss on some rows of the rollout."""
+    def _pieces(self, rows) -> list:
+        """A mini-batch's rows in micro-batches of `per_device_train_batch_size`."""
+        micro = self.args.per_device_train_batch_size
+        return [rows[i : i + micro] for i in range(0, len(rows), micro)]
+
+    def _first_pass(self, model, rollout: Rollout, order) -> list[dict]:
+        """The first mini-batch's forward passes, graphs kept; their values (and under bf16 their log-probs) become the
+        rollout's, which are then exactly what the first optimizer step's ratio and value clip start from."""
+        outputs = [self._forward(model, rollout, rows) for rows in self._pieces(order)]
+        values = torch.zeros(rollout.responses.shape, device=rollout.responses.device)
+        for rows, output in zip(self._pieces(order), outputs):
+            values[rows] = output["values"].detach().float()
+            if self.recompute_logprobs:
+                rollout.logprobs[rows] = output["logprobs"].detach()
+        rollout.values = values
+        return outputs
+
+    def _forward(self, model, rollout: Rollout, rows) -> dict:
+        """The update's pass over some rows: float32 logits, masked log-probs of the answers and values."""
         args, context = self.args, rollout.context_length
         query_responses = rollout.query_responses[rows]
         keep = query_responses.shape[1] - context + 1
         output, values = model(**rollout_inputs(query_responses, self.processing_class.pad_token_id),
                                logits_to_keep=keep)  # fmt: skip
         logits = output.logits[:, context - 1 : -1]
-        responses, mask, value_mask = rollout.responses[rows], rollout.mask[rows], rollout.value_mask[rows]
-        logprobs = torch.masked_fill(
-            token_logprobs(logits, responses, args.temperature), ~mask, losses.INVALID_LOGPROB
+        logprobs = token_logprobs(logits, rollout.responses[rows], args.temperature)
+        return {
+            "logits": logits,
+            "logprobs": torch.masked_fill(logprobs, ~rollout.mask[rows], losses.INVALID_LOGPROB),
+            "values": torch.masked_fill(values[:, context - 1 : -1].squeeze(-1), ~rollout.value_mask[rows], 0),
+        }
+
+    def _loss(self, output: dict, rollout: Rollout, rows, advantages, returns) -> dict:
+        """The clipped policy loss plus vf_coef x the clipped value loss on some rows of the rollout."""
+        args, mask, value_mask = self.args, rollout.mask[rows], rollout.value_mask[rows]
+        policy = losses.policy_loss(output["logprobs"], rollout.logprobs[rows], advantages[rows], mask, args.cliprange)
+        value = losses.value_loss(
+            output["values"], rollout.values[rows], returns[rows], value_mask, args.cliprange_value
         )
-        values = torch.masked_fill(values[:, context - 1 : -1].squeeze(-1), ~value_mask, 0)
-        policy = losses.policy_loss(logprobs, rollout.logprobs[rows], advantages[rows], mask, args.cliprange)
-        value = losses.value_loss(values, rollout.values[rows], returns[rows], value_mask, args.cliprange_value)
         with torch.no_grad():
-            entropy = losses.entropy(logits / (args.temperature + 1e-7)).mean()
+            entropy = losses.entropy(output["logits"] / (args.temperature + 1e-7)).mean()
         return {
             "loss": policy["loss"] + args.vf_coef * value["loss"],
             "approxkl": policy["approxkl"].detach(), "clipfrac": policy["clipfrac"].detach(),

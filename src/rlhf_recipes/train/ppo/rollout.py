@@ -147,8 +147,10 @@ def score_answers(scorer, tokenizer, prompts: list, finished: torch.Tensor, miss
 
 
 @torch.no_grad()
-def collect(trainer, queries: torch.Tensor, prompts: list) -> Rollout:
-    """Answer `queries` with the policy and compute what the update needs (see the module docstring)."""
+def collect(trainer, queries: torch.Tensor, prompts: list, values: bool = True) -> Rollout:
+    """Answer `queries` with the policy and compute what the update needs (see the module docstring). With
+    `values=False` the values (and under bf16 the policy's log-probs) are left to the update's first forward pass,
+    which runs at the same weights (loop.PPOTrainer.ppo_update)."""
     args, tokenizer, pad_id = trainer.args, trainer.processing_class, trainer.processing_class.pad_token_id
     wrapper = trainer.unwrapped
     policy, context = wrapper.policy, queries.shape[1]
@@ -161,16 +163,21 @@ def collect(trainer, queries: torch.Tensor, prompts: list) -> Rollout:
         responses = query_responses[:, context:]
         if from_sampler:
             logprobs = token_logprobs(logits, responses)
-        else:  # bf16: the sampler's cached bf16 logits differ from a full forward pass by ~1e-3 per token
+        elif values:  # bf16: the sampler's cached bf16 logits differ from a full forward pass by ~1e-3 per token
             logits = answer_logits(policy, query_responses, pad_id, context)
             logprobs = token_logprobs(logits, responses, args.temperature)
+        else:  # bf16, from the update's first pass
+            logprobs = torch.zeros(responses.shape, device=responses.device)
     del logits
     with trainer.reference() as reference:
         ref_logprobs = token_logprobs(
             answer_logits(reference, query_responses, pad_id, context), responses, args.temperature
         )
-    with lora_folded(wrapper.value_model):
-        values = answer_values(wrapper.value_model, query_responses, pad_id, context)
+    if values:
+        with lora_folded(wrapper.value_model):
+            values = answer_values(wrapper.value_model, query_responses, pad_id, context)
+    else:
+        values = torch.zeros(responses.shape, device=responses.device)
 
     # The answer ends at its stop token; the reward model scores the conversation as it was trained on
     finished = truncate_at_stop(responses, trainer.stop_token_id, pad_id)
