@@ -292,3 +292,19 @@ def build_cached(target: str | Path, build: Callable[[Path], None]) -> Path:
     finally:
         lock.unlink(missing_ok=True)  # safe once the target exists: a later process returns before locking
     return target
+
+
+RERUN = "rerun the stage that made it (it resumes from its last checkpoint)"
+
+
+def read_json(path: Path, what: str) -> dict:
+    """A JSON object from a file a stage wrote, or one sentence: missing, unreadable, not JSON, or not an object."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing, so {what} cannot be read; {RERUN}.") from None
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise UserError(f"{path} is not valid JSON ({error}), so {what} cannot be read; {RERUN}.") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} holds a JSON {type(data).__name__}, not the object {what} is; {RERUN}.")
+    return data

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -47,10 +48,17 @@ def config_dict(*configs) -> dict:
     return {k: _jsonable(v) for k, v in sorted(merged.items()) if "token" not in k.lower()}
 
 
+_SECRETS = re.compile(r"(--(?:hub_)?token[= ])\S+|\bhf_[A-Za-z0-9]{30,}")
+
+
+def redact(text: str, token: str | None = None) -> str:
+    """`text` with `--hub_token X` / `--token X` values, `hf_...` strings and `token` itself replaced by `***`."""
+    text = _SECRETS.sub(lambda m: (m.group(1) or "") + "***", text)
+    return text.replace(token, "***") if token else text
+
+
 def command_line() -> str:
     """The command that reproduces this run, with any token value hidden."""
-    from .publish.cards import redact
-
     return redact(" ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import UserError
+from .fs import read_json
 
 # field -> (test, what the value must be); checked on whichever parsed dataclass has the field
 _POSITIVE = "must be a positive whole number"
@@ -119,24 +120,6 @@ def check_values(parsed: tuple, origin=None) -> None:
                 f"use_peft: false with dtype: {config.dtype} trains half-precision weights, whose small updates round "
                 "away; set dtype: float32 (autocast still computes in bf16 where the hardware has it) or use_peft: true."
             )
-
-
-RERUN = "rerun the stage that made it (it resumes from its last checkpoint)"
-
-
-def read_json(path: Path, what: str) -> dict:
-    """A JSON object from a file a stage wrote, or one sentence: missing, unreadable, not JSON, or not an object."""
-    import json
-
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing, so {what} cannot be read; {RERUN}.") from None
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise UserError(f"{path} is not valid JSON ({error}), so {what} cannot be read; {RERUN}.") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} holds a JSON {type(data).__name__}, not the object {what} is; {RERUN}.")
-    return data
 
 
 def producing_stage_hint(path: str) -> str:

@@ -20,8 +20,9 @@ import yaml
 
 from ..errors import UserError
 from ..evaluation.curves import TRAINING_CURVES, plot_training_curves
+from ..fs import read_json
+from ..lineage import redact
 from ..models import CAUSAL_LM, EMBEDDED_PREFIX, REWARD_MODEL, read_lineage
-from ..validation import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -31,16 +32,9 @@ PIPELINE_TAGS = {CAUSAL_LM: "text-generation", REWARD_MODEL: "text-classificatio
 # Embedded models -> (the Hub checkpoint they were converted from, its license), for metadata others can follow.
 HUB_BASES = {EMBEDDED_PREFIX + "SmolLM2-135M-Instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}
 HEADLINE_METRICS = ("train_loss", "eval_loss", "eval_accuracy", "objective/scores", "objective/kl")
-_SECRETS = re.compile(r"(--(?:hub_)?token[= ])\S+|\bhf_[A-Za-z0-9]{30,}")
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
-def redact(text: str, token: str | None = None) -> str:
-    """`text` with `--hub_token X` / `--token X` values, `hf_...` strings and `token` itself replaced by `***`."""
-    text = _SECRETS.sub(lambda m: (m.group(1) or "") + "***", text)
-    return text.replace(token, "***") if token else text
-
-
 def hub_id(name: str | None) -> str | None:
     """The Hub id a model or dataset name stands for (embedded models map to their source), None for local paths."""
     if not name:

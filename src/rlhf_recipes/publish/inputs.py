@@ -10,8 +10,8 @@ import struct
 from pathlib import Path
 
 from ..errors import UserError
+from ..fs import RERUN, read_json
 from ..models import CAUSAL_LM, EMBEDDED_PREFIX, REWARD_MODEL
-from ..validation import RERUN, read_json
 
 LINEAGE_KEYS = {"stage": str, "model_kind": str, "model_name_or_path": str, "chain": list}
 DEFAULT_PROMPTS = ("What can you help me with?", "Explain in one sentence what a reward model is.")
