@@ -16,7 +16,10 @@ In this order, each step skipped (and said so) when the time left would not cove
 4. the peak GPU memory (`torch.cuda.max_memory_allocated`, and reserved) of every stage at 1.5B from its shipped
    YAML, against the plan of step 1; full-length rows (synthetic.py), 2 optimizer steps of one micro-batch each
    (PPO: one update of the shipped batch, two PPO epochs, so the optimizer state exists in the second);
-5. random-weight Qwen2.5-7B-Instruct; its QLoRA PPO update against 24 GiB first, then its other stages.
+5. GRPO at 1.5B from its shipped YAML, generating with vLLM colocated (`use_vllm: true`, the `[vllm]` extra;
+   recorded as not installed otherwise) against transformers' `generate` (`use_vllm: false`): completions/s and
+   peak GPU memory, 2 steps each; PPO's update at 1.5B (the project's loop, HF generate only) is step 4's PPO row;
+6. random-weight Qwen2.5-7B-Instruct; its QLoRA PPO update against 24 GiB first, then its other stages.
 
 Random weights, real shapes: the model keeps Qwen's own vocabulary size (151,936 / 152,064), so embeddings, LM head,
 logits and their memory are exactly the real model's; the tokenizer is the embedded SmolLM2's (in the cache, made
@@ -41,13 +44,13 @@ import traceback
 from pathlib import Path
 
 from bench import harness, roofline, synthetic
+from bench.gpu_report import PPO_LIMIT_GIB, markdown
 from bench.harness import REPO, RESULTS
 
 MODELS = {  # name -> (the model id the shipped configs name, their folder)
     "1.5b": ("Qwen/Qwen2.5-1.5B-Instruct", REPO / "configs" / "qwen2.5-1.5b-instruct"),
     "7b": ("Qwen/Qwen2.5-7B-Instruct", REPO / "configs" / "qwen2.5-7b-instruct"),
 }
-PPO_LIMIT_GIB = 24  # the 7B PPO config's target: one 24 GB consumer GPU
 PLAN_DEVICE = "cuda:24GiB"  # the capacity only sets `fits`; the estimate is the same for any GPU
 LORA = ["--use_peft", "--lora_r", "16", "--lora_alpha", "32", "--lora_dropout", "0.05"]  # the shipped sft.yaml's
 LORA += ["--lora_target_modules", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -264,13 +267,16 @@ class Check:
         argv += ["--logging_steps", "1", *self.smoke]
         if self.args.smoke and "max_length" in config:
             argv += ["--max_length", "128"]
-        if stage.role == "rl":  # one update of the shipped batch; the random-head reward model has no accuracy
+        if "reward_model_path" in stage.model_keys:  # online RL: one update of the shipped batch, random-head reward
             episodes = config["per_device_train_batch_size"] * config["gradient_accumulation_steps"]
-            argv += ["--reward_model_path", built["reward"], "--total_episodes", str(episodes)]
-            argv += ["--min_reward_accuracy", "0"]
+            one_update = ["--total_episodes", str(episodes)] if stage.name == "ppo" else ["--max_steps", "1"]
+            argv += ["--reward_model_path", built["reward"], *one_update, "--min_reward_accuracy", "0"]
+            if "use_vllm" in config:  # step 5 compares vLLM; memory rows are transformers' generate unless installed
+                argv += ["--use_vllm", str(vllm_installed() and not self.args.smoke).lower()]
             if self.args.smoke:
-                argv += ["--response_length", "16", "--reward_model_load_in_4bit", "false"]
-                argv += ["--value_model_load_in_4bit", "false"]
+                length = next(k for k in ("response_length", "max_completion_length", "max_new_tokens") if k in config)
+                argv += [f"--{length}", "16", "--reward_model_load_in_4bit", "false"]
+                argv += ["--value_model_load_in_4bit", "false"] if stage.name == "ppo" else []
         else:
             max_length = 128 if self.args.smoke else config["max_length"]
             target = max_length - 8 if "chosen" in stage.columns else max_length + 32
@@ -298,72 +304,45 @@ class Check:
             row["under_24_gib"] = allocated <= PPO_LIMIT_GIB and row["peak_reserved_gib"] <= PPO_LIMIT_GIB
         self.results.setdefault("memory", []).append(row)
 
+    def generation(self, setup: str) -> None:
+        """GRPO at 1.5B, 2 steps of the shipped batch, generating with vLLM or with transformers."""
+        if setup == "vllm" and (self.args.smoke or not vllm_installed()):
+            self.results.setdefault("generation", {})[setup] = {
+                "status": "vLLM not installed (pip install -e .[vllm])"
+            }
+            return
+        config_path = MODELS["1.5b"][1] / "grpo.yaml"
+        built, output = self.built["1.5b"], self.work / "runs" / f"1.5b-grpo-{setup}"
+        argv = ["--config", str(config_path), "--model_name_or_path", built["causal"], "--output_dir", str(output)]
+        argv += ["--reward_model_path", built["reward"], "--min_reward_accuracy", "0", "--max_steps", "2"]
+        argv += ["--use_vllm", str(setup == "vllm").lower(), "--save_strategy", "no", "--logging_steps", "1"]
+        argv += self.smoke + (
+            ["--max_completion_length", "16", "--reward_model_load_in_4bit", "false"] if self.smoke else []
+        )
+        record = harness.run_stage("grpo", argv, self.work / "logs" / f"1.5b-grpo-{setup}.log", self.timeout())
+        from rlhf_recipes.config import read_yaml
+
+        config = read_yaml(config_path)
+        completions = (
+            record["global_step"] * config["per_device_train_batch_size"] * config["gradient_accumulation_steps"]
+        )
+        self.results.setdefault("generation", {})[setup] = {
+            "completions_per_second": round(completions / record["train_seconds"], 2),
+            "peak_allocated_gib": round(record.get("peak_gpu_allocated_mib", 0) / 1024, 2),
+            "peak_reserved_gib": round(record.get("peak_gpu_reserved_mib", 0) / 1024, 2),
+            "train_seconds": record["train_seconds"],
+        }
+
     # ------------------------------------------------------------------------------------------- output
     def write(self) -> None:
         harness.write_json(self.out / "gpu_check.json", self.results)
         (self.out / "gpu_check.md").write_text(markdown(self.results))
 
 
-def markdown(results: dict) -> str:
-    device = results.get("device", {})
-    lines = [
-        "# GPU check" + (" (smoke: tiny models on CPU, plumbing only)" if results.get("smoke") else ""),
-        "",
-        f"Device: {device.get('gpu', 'no GPU')} ({device.get('capability', '-')}, {device.get('memory_gib', '-')} GiB); "
-        f"torch {device.get('torch')}, CUDA {device.get('cuda')}, bitsandbytes {device.get('bitsandbytes')}; "
-        f"commit {results['commit']}. Matmul GFLOP/s (8192x8192): "
-        + ", ".join(f"{d} {v:.0f}" for d, v in (device.get("matmul_gflops") or {}).items()),
-        "",
-    ]
-    speed = results.get("speed")
-    if speed and speed.get("setups"):
-        lines += [
-            f"## LoRA SFT at 1.5B ({speed['data']['conversations']} conversations, {speed['data']['tokens']} tokens)",
-            "",
-            "| setup | compute | real tokens/s | MFU (of the measured matmul peak) | peak allocated GiB |",
-            "|---|---|---|---|---|",
-        ]
-        names = {
-            "ours": "configs/qwen2.5-1.5b-instruct/sft.yaml (QLoRA)",
-            "ours-lora": "the same, load_in_4bit false (bf16 LoRA)",
-            "trl": "`trl sft` with TRL's defaults, same LoRA",
-        }
-        for setup, r in speed["setups"].items():
-            mfu = f"{r['mfu']:.3f}" if r["mfu"] is not None else "-"
-            lines.append(
-                f"| {names[setup]} | {r['compute_dtype']} | {r['tokens_per_second']:.0f} | {mfu} | "
-                f"{r['peak_gpu_allocated_gib']:.2f} |"
-            )
-        if "ours" in speed["setups"] and "trl" in speed["setups"]:
-            ratio = speed["setups"]["ours"]["tokens_per_second"] / speed["setups"]["trl"]["tokens_per_second"]
-            lines += ["", f"Shipped config / TRL defaults: {ratio:.2f}x real tokens/s."]
-        lines.append("")
-    if results.get("memory"):
-        lines += [
-            "## Peak GPU memory against the planner",
-            "",
-            "| model | stage | planned GiB | peak allocated GiB | peak reserved GiB | plan error | train s |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for r in results["memory"]:
-            planned = f"{r['planned_gib']:.2f}" if r["planned_gib"] else "-"
-            error = f"{r['error_percent']:+.1f}%" if r["error_percent"] is not None else "-"
-            lines.append(
-                f"| {r['model']} | {r['stage']} | {planned} | {r['peak_allocated_gib']:.2f} | "
-                f"{r['peak_reserved_gib']:.2f} | {error} | {r['train_seconds']:.0f} |"
-            )
-        verdict = [r for r in results["memory"] if "under_24_gib" in r]
-        if verdict:
-            held = "holds" if verdict[0]["under_24_gib"] else "DOES NOT hold"
-            lines += ["", f"7B QLoRA PPO update under {PPO_LIMIT_GIB} GiB (allocated and reserved): {held}."]
-        lines.append("")
-    if results.get("plans") and not results.get("memory"):
-        lines += ["## Planned peak memory", "", "| model | stage | planned GiB |", "|---|---|---|"]
-        lines += [f"| {p['model']} | {p['stage']} | {p['planned_gib']:.2f} |" for p in results["plans"]]
-        lines.append("")
-    lines += ["## Steps", "", "| step | status | seconds |", "|---|---|---|"]
-    lines += [f"| {s['step']} | {s['status']} | {s['seconds']} |" for s in results["steps"]]
-    return "\n".join(lines) + "\n"
+def vllm_installed() -> bool:
+    from trl.import_utils import is_vllm_available
+
+    return is_vllm_available()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -400,6 +379,8 @@ def main(argv: list[str] | None = None) -> dict:
         check.step("SFT speed 1.5B: TRL defaults", 60, check.speed, "trl")
         for stage in training_stages(MODELS["1.5b"][1]):
             check.step(f"memory 1.5B {stage.name}", 60 if stage.role == "rl" else 40, check.memory, "1.5b", stage.name)
+        check.step("GRPO 1.5B: generation with transformers", 90, check.generation, "hf")
+        check.step("GRPO 1.5B: generation with vLLM", 120, check.generation, "vllm")
     check.step("build random-weight 7B", 120, check.build, "7b")
     if "7b" in check.built:
         stages_7b = sorted(training_stages(MODELS["7b"][1]), key=lambda s: s.role != "rl")  # PPO's headline first
