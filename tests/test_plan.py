@@ -87,6 +87,17 @@ def test_qwen_1_5b_fits_12_gib(stage):
     assert plan.fits, plan.format()
 
 
+@pytest.mark.skipif(not QWEN_1_5B.is_dir(), reason="no Qwen2.5-1.5B-Instruct configs")
+def test_vllm_colocated_takes_its_share_of_the_gpu_in_the_plan():
+    """use_vllm (colocate) reserves vllm_gpu_memory_utilization of the GPU on top of training; off, it does not."""
+    config = str(QWEN_1_5B / "grpo.yaml")
+    on = planner.plan_config(config, device="cuda:12GiB")
+    off = planner.plan_config(config, ["--use_vllm", "false"], device="cuda:12GiB")
+    vllm = [i.bytes for i in on.items if i.component.startswith("vLLM")]
+    assert vllm == [pytest.approx(0.3 * 12 * 2**30)] and not [i for i in off.items if i.component.startswith("vLLM")]
+    assert on.total == pytest.approx(off.total + vllm[0])
+
+
 def _qwen_7b_sft(*overrides):
     """The shipped SmolLM2 SFT config pointed at Qwen2.5-7B-Instruct for a GPU (works before the Qwen configs exist)."""
     base = ["--model_name_or_path", "Qwen/Qwen2.5-7B-Instruct", "--use_cpu", "false", "--max_length", "1024"]

@@ -252,3 +252,16 @@ def test_prompts_too_long_for_the_context_are_dropped_and_counted_or_refused(tok
     # the room: context less the answer; online DPO's max_length caps it (TRL cuts the prompt's start past it)
     assert prompt_room(SimpleNamespace(max_completion_length=64), 2048) == 1984
     assert prompt_room(SimpleNamespace(max_new_tokens=64, max_length=512, max_completion_length=None), 2048) == 448
+
+
+def test_vllm_is_refused_in_one_sentence_on_a_cpu(tmp_path, sft_and_reward):
+    """The GPU configs generate with vLLM (`use_vllm: true`); on a CPU that is one sentence before any model loads."""
+    from rlhf_recipes import stages
+    from rlhf_recipes.errors import UserError
+
+    sft, reward = sft_and_reward
+    argv = ["--config", str(CONFIGS / "grpo.yaml"), "--model_name_or_path", str(sft), "--reward_model_path", str(reward),
+            "--output_dir", str(tmp_path / "grpo"), "--use_vllm", "true"]  # fmt: skip
+    with pytest.raises(UserError, match="use_vllm: true generates with vLLM, which needs a CUDA GPU"):
+        stages.get("grpo").run(argv)
+    assert not (tmp_path / "grpo" / "lineage.json").exists()

@@ -364,5 +364,11 @@ def plan_online_stage(stage, configs, device, *, outputs=None, sequence_length=N
     if not model_args.use_peft and getattr(training_args, "beta", 0):
         weights = next(item for item in plan.items if item.component == "weights")
         plan.items.append(Item("reference model weights (a frozen copy)", weights.bytes, "", True))
+    if getattr(training_args, "use_vllm", False) and getattr(training_args, "vllm_mode", "colocate") == "colocate":
+        share = training_args.vllm_gpu_memory_utilization  # vLLM takes this share of the GPU for weights and KV cache
+        if device.capacity:
+            plan.items.append(Item(f"vLLM generation (colocate: {share} of the GPU)", share * device.capacity, "", True))
+        else:
+            plan.notes.append(f"vLLM (use_vllm, colocate) takes {share} of the GPU's memory on top of this plan.")
     plan.setup += f"; {prompt} prompt tokens ({prompt_source}) + {completion} completion tokens"
     return plan
