@@ -10,3 +10,7 @@ prepare_data.py `make bench-data`: rows per second of data preparation
 gpu_check.py    `make gpu-check`: the prepared check for a machine with a GPU
 trl_ppo_example.py  TRL's own PPO example setup, the PPO baseline
 """
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]  # the one repository root of the benches

@@ -33,7 +33,8 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]  # the one repository root of the benches
+from bench import REPO
+
 RESULTS = REPO / "bench" / "results"
 CONFIGS = REPO / "configs" / "smollm2-135m"
 BASELINES = ("trl-sft", "trl-reward", "trl-ppo-example", "trl-grpo", "trl-rloo")

@@ -35,7 +35,7 @@ import argparse
 import sys
 import tempfile
 
-from bench.harness import REPO
+from bench import REPO
 
 
 def parse_args(argv: list[str] | None):

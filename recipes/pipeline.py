@@ -16,8 +16,8 @@ auto|bf16|float32` forces the compute precision of every stage; `--stages a,b` r
 them even when unchanged.
 """
 
-from rlhf_recipes import launcher, stages
-from rlhf_recipes.pipeline import PipelineConfig, run_pipeline, summary
+from rlhf_recipes import stages
+from rlhf_recipes.pipeline import PipelineConfig, launcher, run_pipeline, summary
 
 STAGE = stages.get("pipeline")
 
@@ -36,4 +36,4 @@ if __name__ == "__main__":
 
     if not usage.requested(sys.argv[1:]):  # --help prints and exits in the parser: no launcher for it
         launcher.prestart()  # stages fork from it: its imports (~11 s) overlap the parsing of every stage's command
-    stages.run_recipe(STAGE, main)  # parsed by the registry's pipeline stage (pipeline.parse_argv)
+    stages.run_recipe(STAGE, main)  # parsed by the registry's pipeline stage (pipeline/spec.py's parse_argv)

@@ -5,7 +5,7 @@
     python recipes/plan.py --config configs/qwen2.5-7b-instruct/sft.yaml --device cuda:24GiB
     python recipes/plan.py --config configs/smollm2-135m/sft.yaml --per_device_train_batch_size 16 --strict
 
-Each YAML is parsed exactly as its recipe parses it (the stage registry, src/rlhf_recipes/stages.py, says which
+Each YAML is parsed exactly as its recipe parses it (the stage registry, src/rlhf_recipes/stages/, says which
 stage a file configures and how): the same keys, defaults and range checks, `--key value` overrides as on the
 recipes (on a pipeline YAML: as on the pipeline, and a plain `--key value` goes to every stage that has the key), and
 the precision resolved for this machine (`bf16: auto`). From the model's config.json (no weights) it prints one

@@ -221,7 +221,7 @@ def test_trackio_records_a_stage_locally(tmp_path, tiny_model_path, monkeypatch)
 
 
 def test_logs_are_plain_lines_per_update():
-    from rlhf_recipes.launcher import PlainLog
+    from rlhf_recipes.pipeline.launcher import PlainLog
 
     out = io.BytesIO()
     log = PlainLog(out)

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from rlhf_recipes import stages
+from rlhf_recipes.data import formats
 from rlhf_recipes.data.formats import FIELDS
 from rlhf_recipes.errors import UserError
 
@@ -204,4 +205,4 @@ def test_unpaired_preferences_are_prepared_for_a_kto_stage(conversational, tmp_p
     written = lines(tmp_path / "out" / "kto" / "train.jsonl")
     assert sorted(row["label"] for row in written) == [False, True, True]  # one answer labelled both ways: two rows
     assert all(list(row) == ["prompt", "completion", "label"] for row in written)
-    assert stages.DATA_FOLDERS[("prompt", "completion", "label")] == "unpaired"
+    assert formats.data_folder(("prompt", "completion", "label")) == "unpaired"

@@ -85,6 +85,11 @@ def test_folders_of_earlier_versions_keep_their_stage(tmp_path):
         assert fs.owner(folder).stage == stage and fs.owner(folder).legacy, name
         assert fs.refusal(folder, stage, run="any run") is None, name
         assert fs.refusal(folder, "grpo") is not None, name
+    (tmp_path / "data-root").mkdir()  # an earlier version's data output_root: nothing but data outputs in it
+    (tmp_path / "data").rename(tmp_path / "data-root" / "sft")
+    assert fs.owner(tmp_path / "data-root") == fs.Owner("data", None, True)
+    (tmp_path / "data-root" / "notes.txt").write_text("mine")
+    assert fs.owner(tmp_path / "data-root") is None
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "lineage.json").write_text('{"stage": "sft"')  # cut short

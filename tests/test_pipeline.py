@@ -16,7 +16,7 @@ import torch
 from conftest import CONFIGS, REPO
 from safetensors.torch import load_file
 
-from rlhf_recipes import stages
+from rlhf_recipes import fs, stages
 from rlhf_recipes.errors import UserError
 from rlhf_recipes.pipeline import PipelineConfig, StageRun, parse_argv, run_pipeline, stage_hash
 
@@ -62,13 +62,14 @@ def test_tiny_pipeline_runs_every_stage_end_to_end(tmp_path, tiny_model_path, mo
 
 FAKE_RECIPE = """
 import sys, pathlib
+from rlhf_recipes import fs
 args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
 out = pathlib.Path(args["--output_dir"])
 with open(out.parent / "runs.log", "a") as log:
     log.write(out.name + "\\n")
 if args.get("--fail") == "yes":
     sys.exit(3)
-out.mkdir(parents=True, exist_ok=True)
+fs.claim(out, "fake")  # as every stage marks its output folder: the stage, and the pipeline run
 (out / "done").write_text(args.get("--value", ""))
 """
 
@@ -123,6 +124,24 @@ def test_unchanged_stages_are_skipped_and_a_change_reruns_downstream(fake_pipeli
     assert run(b__value="2") == ["b", "c"]
     assert (out / "b.stale" / "done").read_text() == "1", "the stale output is set aside, not deleted"
     assert (out / "b" / "done").read_text() == "2"
+
+
+def test_a_stale_output_is_set_aside_only_when_the_stage_made_it_and_so_is_an_older_stale_copy(fake_pipeline):
+    """Setting a stale output aside replaces a folder like every other replacement: checked for its owner first."""
+    run, out = fake_pipeline
+    run()
+    (out / "b" / ".rlhf-recipes").write_text('{"written_by": "sft", "run": null}')  # not the fake stage's any more
+    with pytest.raises(UserError, match=r"out/b of stage 'fake' holds the output of the sft stage, which the fake"):
+        run(b__value="2")
+    assert (out / "b" / "done").read_text() == "1" and not (out / "b.stale").exists()
+    fs.mark(out / "b", "fake", fs.pipeline_run(out))
+    (out / "b.stale").mkdir()
+    (out / "b.stale" / "precious.txt").write_text("user data")  # an older .stale that this project did not make
+    with pytest.raises(
+        UserError, match=r"b\.stale \(the earlier copy of stage 'fake'\) is a folder this project did not write"
+    ):
+        run(b__value="2")
+    assert (out / "b.stale" / "precious.txt").read_text() == "user data" and (out / "b" / "done").read_text() == "1"
 
 
 def test_a_comment_in_a_stage_config_does_not_rerun_it(tmp_path):
@@ -254,7 +273,7 @@ def test_resume_passes_over_a_checkpoint_cut_off_while_saving(tmp_path):
 def test_the_warm_launcher_runs_a_script_as_python_would_with_its_output_and_exit_code(tmp_path):
     """Stages forked from the launcher: output streamed to the log (the launcher's marker never shows), `[progress]`
     lines reported, the script's own folder first on sys.path, exit codes (0, 3, an uncaught error) passed on."""
-    from rlhf_recipes.launcher import MARKER, StageProcesses
+    from rlhf_recipes.pipeline.launcher import MARKER, StageProcesses
 
     script = tmp_path / "stage.py"
     script.write_text(

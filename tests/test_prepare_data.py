@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlhf_recipes import stages
+from rlhf_recipes import fs, stages
 from rlhf_recipes.config import Origin
 from rlhf_recipes.data.cleaning import check_assistant_mask, normalize_text
 from rlhf_recipes.data.config import SourceConfig, parse_argv
@@ -124,6 +124,8 @@ def test_demo_config_prepares_all_four_kinds(tmp_path, tokenizer_path, tokenizer
         assert not {json.dumps(r, sort_keys=True) for r in train} & {json.dumps(r, sort_keys=True) for r in test}
     # the QA benchmark is a decontamination reference for every kind
     assert all(any(s["split"] == "decontamination" for s in r["sources"]) for r in reports.values())
+    # output_root is marked as the data stage's, so that a pipeline may set it aside when its settings change
+    assert fs.owner(out) == fs.Owner("data", None, False)
 
 
 def test_all_formats_example_config(tmp_path, tokenizer_path, tokenizer, monkeypatch, caplog):

@@ -1,4 +1,4 @@
-"""rlhf-recipes: ChatGPT-style training recipes on the Hugging Face stack (README.md; the stages: stages.py)."""
+"""rlhf-recipes: ChatGPT-style training recipes on the Hugging Face stack (README.md; the stages: stages/)."""
 
 from .cli import quiet_library_notices
 

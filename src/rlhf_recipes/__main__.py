@@ -4,8 +4,9 @@ the example configs and the demo data out of the package; `rlhf-recipes plan --c
 
 from __future__ import annotations
 
-import runpy
 import sys
+
+from .errors import EXIT_USER_ERROR, UserError
 
 # commands that are not stages: name -> what it does
 TOOLS = {
@@ -39,11 +40,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         recipe = stages.RECIPES / "plan.py" if name == "plan" else stages.get(name).recipe_path
-    except stages.UserError as error:
+    except UserError as error:
         print(f"error: {error} Tools: {', '.join(TOOLS)}.", file=sys.stderr)
-        sys.exit(2)
-    sys.argv = [str(recipe), *rest]
-    runpy.run_path(str(recipe), run_name="__main__")
+        sys.exit(EXIT_USER_ERROR)
+    stages.run_file(recipe, rest)
 
 
 if __name__ == "__main__":

@@ -276,17 +276,13 @@ def build(cls, data, key: str, where: Origin):
         raise UserError(f"invalid {key or 'configuration'} {where(key)}: {error}") from None
 
 
-def load_nested(cls, argv: list[str] | None = None, path: str | None = None, prepare=None, stage=None, extra=""):
+def load_nested(cls, argv: list[str] | None = None, path: str | None = None, prepare=None):
     """A nested config (data preparation, pipeline) from `--config FILE` (or `path`) and dotted overrides.
 
-    `prepare(raw, where)` may rewrite the raw tree before it is built (e.g. spread shared defaults). `--help` prints
-    the stage's help (`usage.py`; `extra`: its own options) and exits.
+    `prepare(raw, where)` may rewrite the raw tree before it is built (e.g. spread shared defaults). `--help` is the
+    caller's to answer first (`usage.py`).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    from . import usage
-
-    if usage.requested(argv):
-        usage.print_and_exit(stage, (cls,), argv, extra)
     config_path, overrides = split_argv(argv)
     config_path = path or config_path
     if config_path is None:
@@ -317,22 +313,18 @@ def _takes_bool(tp) -> bool:
     return tp is bool or bool in typing.get_args(tp)
 
 
-def load_flat(dataclass_types, argv: list[str] | None = None, resolve=None, stage=None) -> tuple[tuple, Origin]:
+def load_flat(dataclass_types, argv: list[str] | None = None, resolve=None) -> tuple[tuple, Origin]:
     """Flat configs (TRL's dataclasses) from `--config FILE` and `--key VALUE` overrides, one instance per type.
 
     Every key is checked against the union of the dataclasses' fields; `resolve(values, where)` may first replace
     project-level values (`bf16: auto`); then every value is coerced by its field's type and the dataclasses are built
-    by `HfArgumentParser.parse_dict`, whose own checks (`__post_init__`) become one sentence too. `--help` (and
-    `--help-all`) print the help of `stage` (`usage.py`) and exit.
+    by `HfArgumentParser.parse_dict`, whose own checks (`__post_init__`) become one sentence too. `--help` is the
+    caller's to answer first (`stages/parse.py`).
     """
     from transformers import HfArgumentParser
 
-    from . import usage
-
     dataclass_types = tuple(dataclass_types)
     argv = list(sys.argv[1:] if argv is None else argv)
-    if usage.requested(argv):
-        usage.print_and_exit(stage, dataclass_types, argv)
     config_path, overrides = split_argv(argv)
     raw = read_yaml(config_path) if config_path else {}
     hints = flat_hints(dataclass_types)

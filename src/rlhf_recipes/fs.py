@@ -11,7 +11,8 @@ stages' outputs and the store by design: it is only ever reused, never replaced.
 
 Folders of earlier versions have no marker (or one without `run`): their stage is read from what they hold
 (`publish.json`: publish, `pipeline_manifest.json`: pipeline, `eval.json`: eval, `lineage.json`: its `stage`, a data
-report: data), and a marker without `run` passes any run check (the pipeline's manifest still says what it made).
+report or a folder of nothing but data outputs: data), and a marker without `run` passes any run check (the
+pipeline's manifest still says what it made).
 Permissions: folders come out as `mkdir` makes them (0o777 minus the umask), never `mkdtemp`'s owner-only 0o700.
 """
 
@@ -79,6 +80,9 @@ def owner(folder: str | Path) -> Owner | None:
         return Owner(stage if isinstance(stage, str) else None, legacy=True)
     if _json_field(folder / "report.json", "generator") == "rlhf_recipes.prepare_data":  # prepare_data.py's report
         return Owner("data", legacy=True)
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")] if folder.is_dir() else []
+    if entries and all(p.is_dir() and getattr(owner(p), "stage", None) == "data" for p in entries):
+        return Owner("data", legacy=True)  # an earlier version's data output_root: only the data stage's folders
     return None
 
 

@@ -1,8 +1,8 @@
-"""`--help` of every stage, produced where its config is parsed (`config.load_flat`, `config.load_nested`): what the
-stage does and the command with `--config` first, then the keys of the YAML it runs, grouped as that YAML groups them
-(`# Model`, `# LoRA`, ...), each with its value there and what it does; `--help-all` lists every key of the stage's
-dataclasses (TrainingArguments' too). Keys are described as this project reads them: `bf16: auto`, booleans as
-`--key true|false` (there are no `--no_key` flags).
+"""`--help` of every stage, asked for where its command line is parsed (`stages/parse.py`, and the nested parsers of
+the data stage and the pipeline): what the stage does and the command with `--config` first, then the keys of the
+YAML it runs, grouped as that YAML groups them (`# Model`, `# LoRA`, ...), each with its value there and what it
+does; `--help-all` lists every key of the stage's dataclasses (TrainingArguments' too). Keys are described as this
+project reads them: `bf16: auto`, booleans as `--key true|false` (there are no `--no_key` flags).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 HELP, HELP_ALL = ("-h", "--help"), "--help-all"
 WIDTH = 119
-# Keys whose meaning the project changes (precision.py, cli.parse_config): the library's own text would mislead
+# Keys whose meaning the project changes (precision.py, stages/parse.py): the library's own text would mislead
 PROJECT_HELP = {
     "bf16": "auto (the default): bf16 autocast where the hardware has native bf16 (GPUs since Ampere, CPUs with "
     "AVX512-BF16 or AMX), float32 elsewhere; true or false as written",

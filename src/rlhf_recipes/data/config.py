@@ -1,5 +1,5 @@
 """The data preparation config: its dataclasses, the rules their types do not say, `--help`'s schema, and
-`parse_argv`, which the stage registry calls for the stage "data" (`stages.py`).
+`parse_argv`, which the stage registry calls for the stage "data" (`stages/catalog.py`).
 
 The YAML is read by the project's one loader (`rlhf_recipes.config.load_nested`): unknown keys, wrong types and
 command-line overrides (`--datasets.sft.cleaning.max_tokens 512`, list items by index: `--datasets.sft.sources.1.weight
@@ -138,11 +138,13 @@ def parse_argv(argv: list[str] | None = None) -> tuple[DataConfig, Origin, list[
 
     `--help` prints the usage and the schema and exits 0; every user mistake is one UserError sentence.
     """
-    from .. import stages
+    from .. import stages, usage
 
     argv = list(sys.argv[1:] if argv is None else argv)
     argv, only = _take_only(argv)
-    config, where = load_nested(DataConfig, argv, prepare=_spread_cleaning, stage=stages.get("data"), extra=OPTIONS)
+    if usage.requested(argv):
+        usage.print_and_exit(stages.get("data"), (DataConfig,), argv, OPTIONS)
+    config, where = load_nested(DataConfig, argv, prepare=_spread_cleaning)
     validate(config, where)
     check_only(config, where, only)
     return config, where, only

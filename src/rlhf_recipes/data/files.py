@@ -11,10 +11,6 @@ import bisect
 import csv
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .sources import Source
 
 EXTENSIONS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text", ".md": "text"}
 COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")  # of JSON and JSON Lines files
@@ -169,8 +165,8 @@ def _parquet_places(files: list[Path], rows: set[int]) -> dict[int, str]:
     return places
 
 
-def locate(source: Source, rows: set[int]) -> dict[int, str]:
-    """'file, line N' for each requested row index of a source (one pass over its files)."""
+def locate(source, rows: set[int]) -> dict[int, str]:
+    """'file, line N' for each requested row index of a source (a `sources.Source`; one pass over its files)."""
     fallback = {row: f"{source.config.path}, row {row + 1}" for row in rows}
     if source.files is None or (source.builder == "text" and source.config.text_unit == "paragraph"):
         return fallback

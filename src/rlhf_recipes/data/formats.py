@@ -43,6 +43,19 @@ FIELDS = {
     "unpaired": ("prompt", "completion", "label"),
 }
 
+# kind -> the folder the data stage writes it to in the shipped data.yaml files (`<output_root>/<folder>`): a
+# pipeline's `stage: rl` entry trains on `{rl_data}`, the folder of the kind whose columns its stage names
+DATA_FOLDERS = {"text": "cpt", "messages": "sft", "preferences": "preferences", "prompts": "prompts",
+                "unpaired": "unpaired"}  # fmt: skip
+
+
+def data_folder(columns: tuple[str, ...]) -> str | None:
+    """The prepared data folder that holds these columns (a stage's `columns`): the smallest kind that has them all,
+    None when no kind does."""
+    kinds = [kind for kind, fields in FIELDS.items() if set(columns) <= set(fields)]
+    return DATA_FOLDERS[min(kinds, key=lambda kind: len(FIELDS[kind]))] if kinds else None
+
+
 _MESSAGE = {"role": Value("string"), "content": Value("string")}
 FEATURES = {
     "text": Features({"text": Value("string")}),

@@ -17,7 +17,6 @@ import re
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,26 +28,12 @@ from ..models import DEFAULT_MODEL, load_tokenizer, resolve_model_path
 from .cleaning import NearDuplicateIndex, ReferenceSet, Thresholds, annotate_batch, deduplicate, normalize_record
 from .config import CleaningConfig, DataConfig, check_only
 from .formats import FEATURES, FIELDS, FORMATS
-from .report import build_report, write_report
+from .report import Split, build_report, write_report
 from .sources import Loaded, check_invalid, fresh_fingerprint, load_source, worker_count
 
 logger = logging.getLogger(__name__)
 
 GROUPS = {"train": "sources", "test": "eval_sources", "reference": "decontaminate_against"}  # split -> config key
-
-
-@dataclass
-class Split:
-    """The outcome of cleaning one split: which rows stay, why the others went, and the numbers for the report."""
-
-    name: str
-    parts: list[Loaded]
-    dataset: object
-    reasons: list
-    details: list
-    duplicate_of: dict
-    kept: list[int] = field(default_factory=list)
-    written: list[int] = field(default_factory=list)
 
 
 def prepare(config: DataConfig, where: Origin, only: list[str] | None = None) -> list[dict]:
@@ -59,6 +44,7 @@ def prepare(config: DataConfig, where: Origin, only: list[str] | None = None) ->
     names = only or list(config.datasets)
     for name in names:
         _check_output(config, name, where)
+    _claim_root(config, names)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="prepare-data-") as cache_dir, contextlib.ExitStack() as outputs:
         # Load and convert every source first: malformed data fails fast, before any slow step
@@ -86,6 +72,18 @@ def _check_output(config: DataConfig, name: str, where: Origin) -> None:
             f"the output folder {folder} ({key} {where(key)}) already exists and is not empty; choose another "
             "output_dir, remove it yourself, or set overwrite: true to replace an earlier run."
         )
+
+
+def _claim_root(config: DataConfig, names: list[str]) -> None:
+    """Mark output_root as the data stage's folder (`fs.claim`), so that a pipeline may set it aside when its settings
+    change, as it does every stage's output; one of the user's (holding anything else) is left unmarked."""
+    root = Path(config.output_root) if config.output_root else None
+    if root is None or not any(Path(config.datasets[name].output_dir).parent == root for name in names):
+        return  # every dataset writes elsewhere (its own output_dir)
+    entries = [p for p in root.iterdir() if not p.name.startswith(".")] if root.is_dir() else []
+    if any(getattr(fs.owner(p), "stage", None) != "data" for p in entries):
+        return
+    fs.claim(root, "data")
 
 
 def _load_dataset_sources(config: DataConfig, name: str, where: Origin, cache_dir: str) -> dict[str, list[Loaded]]:

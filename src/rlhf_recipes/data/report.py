@@ -12,6 +12,7 @@ import json
 import shlex
 import sys
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,21 @@ from .sources import Loaded, locate
 if TYPE_CHECKING:
     from .cleaning import ReferenceSet
     from .config import CleaningConfig, DataConfig
-    from .prepare import Split
+
+
+@dataclass
+class Split:
+    """The outcome of cleaning one split: which rows stay, why the others went, and the numbers for the report."""
+
+    name: str
+    parts: list[Loaded]
+    dataset: object
+    reasons: list
+    details: list
+    duplicate_of: dict
+    kept: list[int] = field(default_factory=list)
+    written: list[int] = field(default_factory=list)
+
 
 REPORT_MARKER = "rlhf_recipes.prepare_data"
 HISTOGRAM = "token_lengths.png"  # no split name in it: `load_dataset(folder)` would take token_lengths_train.* as data

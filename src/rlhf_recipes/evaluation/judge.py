@@ -7,7 +7,8 @@
 - `LMJudge`: a judge language model with a rubric, scoring 1-10.
 
 Every judge returns, per (prompt, answer), a score on a 0-100 scale (None when it cannot judge that prompt) plus
-named flags where it has them. `load_judge(spec)` builds one from the evaluation's `judge:` setting.
+named flags where it has them. `load_judge(spec)` builds one from the evaluation's `judge:` setting (`graders.py`: the
+names a judge or ranker setting takes).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import re
 from functools import cached_property
 
 from ..errors import UserError
+from . import graders
 
 _PLACEHOLDER = re.compile(r"\{[^}]*\}")
 
@@ -122,37 +124,15 @@ def check_judge(spec: str, reward_model: str | None) -> None:
     """The `judge:` setting checked before any work (loading a judge model waits until answers exist)."""
     from pathlib import Path
 
-    kind, _, target = spec.partition(":")
-    if spec in ("none", "", "demo") or (kind == "lm" and target):
-        return
-    if kind == "reward" and target:
-        if not Path(target).is_dir():
-            raise UserError(f"judge: reward:{target} names no folder; give a reward model's output folder.")
-        if reward_model and Path(target).resolve() == Path(reward_model).resolve():
-            raise UserError(
-                f"judge: reward:{target} is the reward model RL trained against; a judge must be one it never "
-                "saw (another reward model, the demo judge or a judge LM)."
-            )
-        return
-    raise UserError(f"judge: {spec!r} is not a judge; use demo, reward:<folder>, lm:<model> or none.")
+    kind, target = graders.parse(spec, "judge")  # a name it is not, a reward: folder that is not there: one sentence
+    if kind == "reward" and reward_model and Path(target).resolve() == Path(reward_model).resolve():
+        raise UserError(
+            f"judge: reward:{target} is the reward model RL trained against; a judge must be one it never "
+            "saw (another reward model, the demo judge or a judge LM)."
+        )
 
 
 def load_judge(spec: str, reward_model: str | None):
     """The judge named by the evaluation's `judge:` setting (None for `none`)."""
-    from pathlib import Path
-
-    if spec in ("none", ""):
-        return None
-    if spec == "demo":
-        return DemoJudge()
-    kind, _, target = spec.partition(":")
-    if kind == "reward" and target:
-        if reward_model and Path(target).resolve() == Path(reward_model).resolve():
-            raise UserError(
-                f"judge: reward:{target} is the reward model RL trained against; a judge must be one it never "
-                "saw (another reward model, the demo judge or a judge LM)."
-            )
-        return RewardModelJudge(target)
-    if kind == "lm" and target:
-        return LMJudge(target)
-    raise UserError(f"judge: {spec!r} is not a judge; use demo, reward:<folder>, lm:<model> or none.")
+    check_judge(spec, reward_model)
+    return graders.build(*graders.parse(spec, "judge"))

@@ -1,6 +1,6 @@
 """Measure every model against the one before it, on held-out data, and say only what was measured.
 
-Each model given in `models:` is evaluated as the stage that made it (its lineage.json; stages.py says what that
+Each model given in `models:` is evaluated as the stage that made it (its lineage.json; the registry says what that
 stage is): every causal LM on held-out perplexity and domain accuracy (greedy, normalised answer matching); RL
 outputs and their baselines on sampled answers to held-out prompts: mean reward (the one scoring path), the judge
 the reward model never saw, KL to the baseline, answer length, the share cut without an end-of-turn token and the
@@ -16,7 +16,7 @@ from pathlib import Path
 from .. import stages
 from ..errors import UserError
 from ..models import CAUSAL_LM, REWARD_MODEL, model_kind, read_lineage
-from ..validation import check_model
+from ..stages.validation import check_model
 from .config import EvaluationArguments
 from .loaded import LoadedModel, as_messages
 from .probes import correlation, mean_interval, paired_difference

@@ -8,6 +8,8 @@ that human and machine rankings can always be told apart in the store and in the
 - `ScoreRanker`: any judge that scores answers: a judge LM with a rubric (`lm:<model>`), or a reward model other
   than the one being retrained (`reward:<folder>`). A reward model ranking for its own retraining adds no
   information: that is refused with one sentence.
+
+The names a `ranker:` setting takes are the judges' registry's (`evaluation/graders.py`).
 """
 
 from __future__ import annotations
@@ -64,26 +66,19 @@ class ScoreRanker:
 
 
 def load_ranker(spec: str, noise: float, seed: int, reward_model_in_training: str | None):
-    """The ranker a `ranker:` setting names (not `human`: people rank in the page, recipes/label.py serves it)."""
-    kind, _, target = spec.partition(":")
-    if spec == "simulated":
-        return SimulatedLabeller(noise, seed)
-    if kind == "reward" and target:
-        if not Path(target).is_dir():
-            raise UserError(f"ranker: reward:{target} names no folder; give a reward model's output folder.")
-        if reward_model_in_training and Path(target).resolve() == Path(reward_model_in_training).resolve():
+    """The ranker a `ranker:` setting names (`evaluation/graders.py`; not `human`: people rank in the page,
+    recipes/label.py serves it): the simulated labeller, or a judge that scores answers, ranking by its scores."""
+    from ..evaluation import graders
+
+    name, target = graders.parse(spec, "ranker")
+    if name == "reward" and reward_model_in_training:
+        if Path(target).resolve() == Path(reward_model_in_training).resolve():
             raise UserError(
                 f"ranker: reward:{target} is the reward model these rankings retrain; a reward model ranking for its "
                 "own retraining adds no information, so rank with another reward model, a judge LM or people."
             )
-        from ..evaluation.judge import RewardModelJudge
-
-        return ScoreRanker(RewardModelJudge(target), f"reward:{target}")
-    if kind == "lm" and target:
-        from ..evaluation.judge import LMJudge
-
-        return ScoreRanker(LMJudge(target), f"lm:{target}")
-    raise UserError(f"ranker: {spec!r} is not a ranker; use human, simulated, lm:<model> or reward:<folder>.")
+    ranker = graders.build(name, target, noise=noise, seed=seed)
+    return ranker if name == "simulated" else ScoreRanker(ranker, spec)
 
 
 def rank_round(store, ranker, round: int) -> dict:

@@ -1,6 +1,6 @@
 """Will it fit? The peak memory of one training stage, from its parsed configs and its models' shapes.
 
-The registry (`stages.py`) names a stage's planner hook; both hooks here take the same arguments:
+The registry (`stages/catalog.py`) names a stage's planner hook; both hooks here take the same arguments:
 
     hook(stage, configs, device, *, outputs=None, sequence_length=None, prompt_tokens=None) -> StagePlan
 
@@ -367,7 +367,9 @@ def plan_online_stage(stage, configs, device, *, outputs=None, sequence_length=N
     if getattr(training_args, "use_vllm", False) and getattr(training_args, "vllm_mode", "colocate") == "colocate":
         share = training_args.vllm_gpu_memory_utilization  # vLLM takes this share of the GPU for weights and KV cache
         if device.capacity:
-            plan.items.append(Item(f"vLLM generation (colocate: {share} of the GPU)", share * device.capacity, "", True))
+            plan.items.append(
+                Item(f"vLLM generation (colocate: {share} of the GPU)", share * device.capacity, "", True)
+            )
         else:
             plan.notes.append(f"vLLM (use_vllm, colocate) takes {share} of the GPU's memory on top of this plan.")
     plan.setup += f"; {prompt} prompt tokens ({prompt_source}) + {completion} completion tokens"

@@ -1,7 +1,8 @@
 """Plan YAML files: the stage a file configures (`stages.for_config`), parsed as its recipe parses it
 (`stage.parse_args(argv, check_paths=False)`: the same keys, types, ranges and resolved precision), estimated by the
 hook the registry names for it (`stage.hook("plan")`). A pipeline YAML is planned stage by stage, each with the exact
-command line the pipeline will give it (`pipeline.stage_args`), following each output into the next stage's input.
+command line the pipeline gives it (parsed once by the pipeline, `StageRun.configs`), following each output into the
+next stage's input.
 """
 
 from __future__ import annotations
@@ -197,8 +198,8 @@ def plan_pipeline(pipeline_path: str | Path, overrides=(), device: Device | str 
         known |= keys
         mine = [token for key, tokens in flat if key in keys for token in tokens]
         used |= {key for key, _ in flat if key in keys}
-        try:
-            configs = parse(spec, [*pipeline.stage_args(config, run), *mine])
+        try:  # the pipeline parsed this stage's command once (StageRun.configs); flags of the planner's own: again
+            configs = parse(spec, [*pipeline.stage_args(config, run), *mine]) if mine else run.configs
         except UserError as error:
             raise UserError(f"stage '{run.name}' of {pipeline_path}: {error}") from None
         if not options["only"] or run.name in options["only"]:

@@ -18,9 +18,9 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from .. import fs
-from ..cli import parse_config
 from ..errors import UserError
 from ..models import adapter_base, load_tokenizer, read_lineage, resolve_model_path
+from ..stages.parse import parse_config
 from .cards import redact, write_stage_card
 
 logger = logging.getLogger(__name__)

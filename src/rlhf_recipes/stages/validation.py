@@ -1,16 +1,18 @@
 """One validation pass per stage, before any model loads: ranges of the values, and the paths the run will touch.
 
 Types were already checked by the loader (`config.py`); here the rules the types cannot say (a batch size of 0, a
-negative learning rate, zero epochs), and, when the stage is about to run, that its input models exist and are of
-the kind it needs and that its output folder is new, empty or this project's, and writable.
+negative learning rate, zero epochs), secrets kept out of configs, trackers that are installed, and, when the stage
+is about to run, that its input models exist and are of the kind it needs and that its output folder is new, empty
+or this project's, and writable. `parse.py` runs them in order.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import UserError
-from .fs import read_json
+from ..errors import UserError, suggest
+from ..fs import read_json
+from .registry import producing_stage_hint
 
 # field -> (test, what the value must be); checked on whichever parsed dataclass has the field
 _POSITIVE = "must be a positive whole number"
@@ -97,7 +99,7 @@ def _check(key: str, value, where: str) -> None:
 def check_given(values: dict, hints: dict, origin) -> None:
     """The values given in the YAML or on the command line, before the dataclasses are built: TRL's `__post_init__`
     divides by some of them (`num_generations: 0` is a ZeroDivisionError there, not a sentence)."""
-    from .config import coerce
+    from ..config import coerce
 
     for key in RULES.keys() & values.keys():
         if key in hints:
@@ -122,24 +124,13 @@ def check_values(parsed: tuple, origin=None) -> None:
             )
 
 
-def producing_stage_hint(path: str) -> str:
-    """ "run the sft stage first" when a missing folder is named like a stage's output."""
-    from . import stages
-
-    name = Path(path).name
-    if name in stages.names():
-        stage = stages.get(name)
-        return f"; run the {name} stage first (python recipes/{stage.recipe_path.name} --config ...) or fix the path"
-    return "; check the path"
-
-
 def check_model(value: str | None, key: str, kind: str | tuple[str, ...], where: str) -> None:
     """A model key names something loadable of the right kind: the embedded model, an existing folder, or (online) a
     Hub id. A missing local folder says which stage makes it."""
     from huggingface_hub import constants
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    from .models import CAUSAL_LM, EMBEDDED_PREFIX, require_kind
+    from ..models import CAUSAL_LM, EMBEDDED_PREFIX, require_kind
 
     if not value:
         raise UserError(f"`{key}` is not set {where}; give a Hub id, a folder, or embedded:SmolLM2-135M-Instruct.")
@@ -172,8 +163,8 @@ def check_model(value: str | None, key: str, kind: str | tuple[str, ...], where:
     if not hub_id:
         raise UserError(f"{key}={value} {where} does not exist{producing_stage_hint(value)}.")
     if constants.HF_HUB_OFFLINE:
-        from . import offline
-        from .models import cached_on_hub
+        from .. import offline
+        from ..models import cached_on_hub
 
         if not cached_on_hub(value):  # the sentence every Hub id that cannot be fetched gets (offline.py)
             raise offline.refuse(value, "model", key, where)
@@ -181,7 +172,7 @@ def check_model(value: str | None, key: str, kind: str | tuple[str, ...], where:
 
 def check_paths(stage, parsed: tuple, origin=None) -> None:
     """The stage's input models and its output folder, before anything loads."""
-    from . import fs
+    from .. import fs
 
     for key, kind in stage.model_keys.items():
         config = next((c for c in parsed if hasattr(c, key)), None)
@@ -196,4 +187,46 @@ def check_paths(stage, parsed: tuple, origin=None) -> None:
             raise UserError(
                 f"store={store} lies inside {key}={output}, which this stage replaces when it finishes; keep the "
                 f"store outside it (e.g. {output.parent / 'feedback.sqlite'})."
+            )
+
+
+def check_secrets(parsed: tuple) -> None:
+    """No token in a config (Trainer would pickle it into training_args.bin and every checkpoint; the environment
+    keeps it out of files), and `push_to_hub` with a token to push with, checked before hours of training (Trainer
+    itself fails on a missing token with a traceback)."""
+    if any(getattr(config, "hub_token", None) for config in parsed):
+        raise UserError("hub_token is refused in configs and flags; set HF_TOKEN or run `hf auth login` instead.")
+    if any(getattr(config, "push_to_hub", False) for config in parsed):
+        from huggingface_hub import constants, get_token
+
+        if constants.HF_HUB_OFFLINE:
+            raise UserError(
+                "push_to_hub: true cannot push while HF_HUB_OFFLINE is set; unset it or set push_to_hub: false."
+            )
+        if not get_token():
+            raise UserError("push_to_hub: true needs a Hub token; set HF_TOKEN or run `hf auth login` first.")
+
+
+# report_to names -> the package that provides them (pip names), for the sentence when one is not installed
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "comet_ml": "comet-ml", "azure_ml": "azureml-core",
+                    "dvclive": "dvclive", "flyte": "flytekit", "codecarbon": "codecarbon"}  # fmt: skip
+
+
+def check_trackers(report_to, where) -> None:
+    """Every `report_to` integration is installed (Trainer would fail with a traceback once the model is loaded)."""
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    available = get_available_reporting_integrations()
+    for name in names:
+        if name not in ("none", "all", *INTEGRATION_TO_CALLBACK):
+            raise UserError(
+                f"report_to {where('report_to')} names {name}, which is no integration transformers knows"
+                f"{suggest(name, list(INTEGRATION_TO_CALLBACK))} They are: none, {', '.join(INTEGRATION_TO_CALLBACK)}."
+            )
+        if name not in ("none", "all") and name not in available:
+            raise UserError(
+                f"report_to {where('report_to')} names {name}, which is not installed; `pip install "
+                f"{TRACKER_PACKAGES.get(name, name)}`, or set report_to: trackio (the project's tracker) or none."
             )

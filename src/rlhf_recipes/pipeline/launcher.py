@@ -6,8 +6,9 @@ Every stage of the demo otherwise spends ~11 s of its life importing the same li
 shares those modules copy-on-write, starts with nothing else (no model, no tensor, no thread: the launcher never runs
 a torch operation), and exits when its stage does, so its memory is returned as a subprocess's is.
 
-Protocol (stdin/stdout of `python -m rlhf_recipes.launcher`): the parent writes one JSON line `{"argv": [python,
-recipe, args...]}` per stage; the stage's output appears on the launcher's stdout, followed by `MARKER code=N`.
+Protocol (stdin/stdout of `python -m rlhf_recipes.pipeline.launcher`): the parent writes one JSON line
+`{"argv": [python, recipe, args...]}` per stage; the stage's output appears on the launcher's stdout, followed by
+`MARKER code=N`.
 The pipeline uses it on Linux when no GPU is visible (a CUDA runtime must not be touched before a fork); elsewhere
 each stage is a plain subprocess, as before. Either way the stage's log and exit code are the same.
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import runpy
 import signal
 import sys
 import traceback
@@ -25,14 +25,9 @@ from pathlib import Path
 
 MARKER = b"\x1e\x1erlhf-recipes-launcher"
 PROGRESS = re.compile(rb"\[progress\] stage=(\S+) step=(\d+)/(\d+) elapsed=([\d.]+) eta=([\d.]+)")
-PRELOAD = (
-    "torch",
-    "transformers",
-    "datasets",
-    "accelerate",
-    "peft",
-    "trl",
-)  # not the registry: plugins load per stage
+# The libraries every stage imports (the project's registry is already loaded: the launcher is part of the pipeline
+# package, and $RLHF_RECIPES_STAGES plugins are the same for the launcher and its stages)
+PRELOAD = ("torch", "transformers", "datasets", "accelerate", "peft", "trl")
 
 
 def _die_with_parent() -> None:
@@ -46,11 +41,10 @@ def _run_child(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()
-    recipe = argv[1]
-    sys.argv = argv[1:]
-    sys.path.insert(0, os.path.dirname(os.path.abspath(recipe)))  # as `python recipe.py` puts its folder first
     try:
-        runpy.run_path(recipe, run_name="__main__")
+        from ..stages import run_file
+
+        run_file(argv[1], argv[2:])  # as `python RECIPE ARGS`
         return 0
     except SystemExit as error:
         if error.code is None or isinstance(error.code, int):
@@ -103,7 +97,7 @@ def _start():
     import subprocess
 
     return subprocess.Popen(
-        [sys.executable, "-m", "rlhf_recipes.launcher"],
+        [sys.executable, "-m", "rlhf_recipes.pipeline.launcher"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os_environ(),
     )  # fmt: skip
 
