@@ -10,13 +10,14 @@ address and how many prompts are left: each labeller sees a prompt and its answe
 them with clicks or by typing the ranks (`2143`, ties `1122`) and Enter, or skips, or flags an unsafe prompt; every
 ranking is saved the moment it is submitted. It returns when every prompt is ranked (`--wait false`: export what is
 ranked now). `simulated`, `lm:<model>` and `reward:<folder>` rank unattended, each recorded as its ranker. The
-export writes every ranking's C(K,2) pairs (ties skipped), grouped by prompt, with counts and labeller agreement.
+export writes every ranking's C(K,2) pairs (ties skipped), grouped by prompt, with counts and labeller agreement;
+`unpaired_dir` also writes thumbs up and down for KTO (each ranking's best answers desirable, its worst not).
 """
 
-from rlhf_recipes import stages
+from rlhf_recipes import fs, stages
 from rlhf_recipes.errors import UserError
 from rlhf_recipes.feedback.config import LabelArguments, check_heldout, parse_logins, read_guidelines
-from rlhf_recipes.feedback.export import write_pairs
+from rlhf_recipes.feedback.export import write_pairs, write_thumbs
 from rlhf_recipes.feedback.store import Store
 
 STAGE = stages.get("label")
@@ -24,6 +25,8 @@ STAGE = stages.get("label")
 
 def main(args: LabelArguments) -> dict:
     check_heldout(args.heldout_pairs)  # before anyone ranks: the export at the end reads it
+    if args.unpaired_dir:  # the thumbs' folder is checked as the pairs' is, before anyone ranks
+        fs.check_output_folder(args.unpaired_dir, "unpaired_dir", "", what="label", replace=True)
     guidelines, logins = read_guidelines(args.guidelines), parse_logins(args.login)
     store = Store(args.store, create=False)  # a store that does not exist has nothing to rank: one sentence
     if (args.wait or args.ranker != "human") and not store.prompt_ids(args.round):
@@ -45,6 +48,9 @@ def main(args: LabelArguments) -> dict:
     rounds = args.export_rounds or list(range(1, args.round + 1))
     report = write_pairs(store, rounds, args.output_dir, args.heldout_pairs)
     print(f"exported {report['pairs']} pairs of rounds {rounds} to {args.output_dir}: {report['by_round_and_ranker']}")
+    if args.unpaired_dir:
+        thumbs = write_thumbs(store, rounds, args.unpaired_dir)
+        print(f"exported {thumbs['answers']} answers ({thumbs['desirable']} desirable) to {args.unpaired_dir}")
     return report
 
 

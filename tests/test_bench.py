@@ -164,7 +164,7 @@ def test_the_memory_bench_fits_the_step_factor_from_a_plan():
 def test_the_gpu_check_plans_every_stage_at_both_sizes_without_a_gpu():
     rows = gpu_check.plan_checks()
     planned = {(row["model"], row["stage"]): row["planned_gib"] for row in rows}
-    trained = ("cpt", "sft", "reward", "ppo", "grpo", "rloo", "online_dpo", "dpo")  # every training stage's YAML
+    trained = ("cpt", "sft", "reward", "ppo", "grpo", "rloo", "online_dpo", "dpo", "kto")  # each training stage
     assert set(planned) == {(model, stage) for model in ("1.5b", "7b") for stage in trained}
     assert all(planned["7b", stage] > planned["1.5b", stage] > 0 for stage in trained)
     assert planned["7b", "ppo"] < gpu_check.PPO_LIMIT_GIB  # what the 7B PPO config promises, and the check measures

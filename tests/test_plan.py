@@ -33,7 +33,7 @@ def item(plan, prefix: str) -> float:
 
 
 def test_shipped_configs_are_found():
-    assert set(STAGE_NAMES) == {"cpt", "sft", "reward", "ppo", "grpo", "rloo", "online_dpo", "dpo"}
+    assert set(STAGE_NAMES) == {"cpt", "sft", "reward", "ppo", "grpo", "rloo", "online_dpo", "dpo", "kto"}
     assert {p.stem for p in SHIPPED if p.parent == CONFIGS} == set(STAGE_NAMES)
 
 

@@ -172,7 +172,7 @@ def test_pipeline_rl_choice_expands_into_one_stage_per_algorithm(tmp_path):
     config, _ = parse_argv(["--config", str(REPO / "configs" / "smollm2-135m" / "compare-rl.yaml"),
                             "--output_dir", str(tmp_path / "run")])  # fmt: skip
     names = [run.name for run in config.stages]
-    assert names == ["data", "cpt", "sft", "reward", "ppo", "grpo", "rloo", "online_dpo", "dpo", "compare",
+    assert names == ["data", "cpt", "sft", "reward", "ppo", "grpo", "rloo", "online_dpo", "dpo", "kto", "compare",
                      "compare-card"]  # fmt: skip
     by_name = {run.name: run for run in config.stages}
     assert by_name["dpo"].args["dataset_name"] == f"{tmp_path}/run/data/preferences"
@@ -180,7 +180,7 @@ def test_pipeline_rl_choice_expands_into_one_stage_per_algorithm(tmp_path):
     assert by_name["grpo"].args["dataset_name"] == f"{tmp_path}/run/data/prompts"
     assert by_name["grpo"].config.endswith("configs/smollm2-135m/grpo.yaml")
     models = by_name["compare"].args["models"]
-    assert list(models) == ["sft", "ppo", "grpo", "rloo", "online_dpo", "dpo"]
+    assert list(models) == ["sft", "ppo", "grpo", "rloo", "online_dpo", "dpo", "kto"]
     assert by_name["compare-card"].args["model_path"] == f"{tmp_path}/run/ppo"
     assert "--reward_model_path" in stage_args(config, by_name["rloo"])
 

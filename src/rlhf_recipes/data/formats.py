@@ -6,7 +6,8 @@ Output kinds, one TRL dataset type each (what the stage recipes load), every mes
 - `messages`    `{"messages": [...]}`                                conversational language modelling: SFT
 - `preferences` `{"prompt": [...], "chosen": [...], "rejected": [...]}`   preference, explicit prompt: reward model, DPO
 - `prompts`     `{"prompt": [...]}`                                  prompt-only: PPO, GRPO, RLOO, online DPO
-- `unpaired`    `{"prompt": [...], "completion": [...], "label": bool}`  unpaired preference: KTO
+- `unpaired`    `{"prompt": [...], "completion": [...], "label": bool}`  unpaired preference: KTO (a preference pair
+                becomes two rows: its chosen answer `label: true`, its rejected one `false`)
 
 Input formats (`format:` of a source; `auto` detects it from the column names and logs the result). Every TRL type
 is read in its standard (strings) and its conversational (message lists) form:
@@ -86,8 +87,8 @@ FORMATS = {
     "sharegpt": (("conversations",), ("system",), ("messages", "prompts")),
     "alpaca": (("instruction", "output"), ("input", "system"), ("messages", "prompts")),
     "prompt_response": (("prompt", "response"), ("system",), ("messages", "prompts")),
-    "preferences": (("chosen", "rejected"), ("prompt",), ("preferences", "messages", "prompts")),
-    "hh": (("chosen", "rejected"), (), ("preferences", "messages", "prompts")),
+    "preferences": (("chosen", "rejected"), ("prompt",), ("preferences", "messages", "prompts", "unpaired")),
+    "hh": (("chosen", "rejected"), (), ("preferences", "messages", "prompts", "unpaired")),
     "prompts": (("prompt",), (), ("prompts",)),
     "unpaired": (("prompt", "completion", "label"), ("system",), ("unpaired", "prompts")),
 }
@@ -294,8 +295,9 @@ def _prompt_of(messages: list[dict]) -> list[dict]:
     return messages[:last]
 
 
-def convert(record: dict, fmt: str, kind: str, roles: dict[str, str]) -> dict:
-    """One input record of format `fmt` as one output record of `kind`; RecordError when it is malformed."""
+def convert(record: dict, fmt: str, kind: str, roles: dict[str, str]) -> dict | list[dict]:
+    """One input record of format `fmt` as an output record of `kind` (a pair read as `unpaired`: two, its chosen answer
+    desirable and its rejected one not, as TRL's `unpair_preference_dataset`); RecordError when it is malformed."""
     if fmt == "text":
         return {"text": _string(record.get("text"), "text")}
     if fmt == "prompts":
@@ -310,6 +312,9 @@ def convert(record: dict, fmt: str, kind: str, roles: dict[str, str]) -> dict:
         pair = _pair(record, fmt, roles)
         if kind == "messages":
             return {"messages": pair["prompt"] + pair["chosen"]}
+        if kind == "unpaired":
+            return [{"prompt": pair["prompt"], "completion": pair[side], "label": side == "chosen"}
+                    for side in ("chosen", "rejected")]  # fmt: skip
         return pair if kind == "preferences" else {"prompt": pair["prompt"]}
     messages = _conversation(record, fmt, roles)
     return {"messages": messages} if kind == "messages" else {"prompt": _prompt_of(messages)}

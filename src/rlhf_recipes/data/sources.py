@@ -214,18 +214,19 @@ def read(source: Source, where: Origin, cache_dir: str):
 
 
 def _convert_batch(batch: dict, indices: list[int], *, fmt: str, kind: str, roles: dict, source_index: int) -> dict:
-    out = {f: [] for f in FIELDS[kind]}
-    errors = []
+    out, rows, errors = {f: [] for f in FIELDS[kind]}, [], []
     for i in range(len(indices)):
         record = {column: values[i] for column, values in batch.items()}
         try:
             converted, error = convert(record, fmt, kind, roles), None
         except RecordError as problem:
             converted, error = empty_record(kind), str(problem)
-        for f in FIELDS[kind]:
-            out[f].append(converted[f])
-        errors.append(error)
-    return {**out, "_source": [source_index] * len(indices), "_row": list(indices), "_error": errors}
+        for one in converted if isinstance(converted, list) else [converted]:  # a pair read as unpaired: two rows
+            for f in FIELDS[kind]:
+                out[f].append(one[f])
+            rows.append(indices[i])
+            errors.append(error)
+    return {**out, "_source": [source_index] * len(rows), "_row": rows, "_error": errors}
 
 
 def load_source(
@@ -314,6 +315,7 @@ def convert_source(source: Source, dataset, *, kind: str | None, where: Origin, 
         new_fingerprint=fresh_fingerprint(key, "convert", len(dataset)),
         desc=f"convert {name}",
     )
+    loaded.rows = len(loaded.dataset)  # the records converted (a pair read as unpaired answers is two)
     return loaded
 
 

@@ -83,6 +83,11 @@ class LabelArguments:
     output_dir: str = _help(
         "the exported preference pairs (train.jsonl, test.jsonl, report)", default="outputs/smollm2-135m/pairs"
     )
+    unpaired_dir: str | None = _help(
+        "also export thumbs up and down here, KTO's unpaired data: each ranking's best answers desirable, its worst "
+        "undesirable (train.jsonl of prompt, completion, label)",
+        default=None,
+    )
 
 
 def check_heldout(heldout: str | None) -> None:

@@ -2,6 +2,9 @@
 preferences format, each pair tagged with its `group` (one ranking of one prompt) so that the reward stage puts a
 prompt's pairs in the same batch (train/reward.py, `group_by_prompt`). The report counts rankings, skips, unsafe
 flags, pairs and ties per round and ranker, and the agreement between rankers who ranked the same prompt.
+
+Rankings -> thumbs up and down (`write_thumbs`, the unpaired kind KTO trains on): each ranking's best answers
+desirable, its worst undesirable, the ones between left out.
 """
 
 from __future__ import annotations
@@ -72,6 +75,45 @@ def export_rows(store, rounds: list[int]) -> tuple[list[dict], dict]:
     return rows, {"by_round_and_ranker": {k: dict(v) for k, v in sorted(counts.items())}, **agreement(rankings)}
 
 
+def thumb_rows(store, rounds: list[int]) -> list[dict]:
+    """(prompt, completion, label) rows: in every ranking of `rounds` with two tiers or more, the answers of its best
+    tier `label: true` and those of its worst `false`."""
+    rankings = [r for r in store.rankings(rounds) if r["status"] == "ranked" and len(r["ranking"]) > 1]
+    texts = store.texts([c for r in rankings for tier in (r["ranking"][0], r["ranking"][-1]) for c in tier])
+    rows = []
+    for r in rankings:
+        messages = store.messages(r["prompt_id"])
+        for label, tier in ((True, r["ranking"][0]), (False, r["ranking"][-1])):
+            rows += [{"prompt": messages, "completion": [{"role": "assistant", "content": texts[c]}], "label": label,
+                      "round": r["round"], "ranker": r["ranker"]} for c in tier]  # fmt: skip
+    return rows
+
+
+def _nothing_ranked(rounds: list[int]):
+    from ..errors import UserError
+
+    return UserError(
+        f"the store has no ranked answers in round(s) {', '.join(map(str, rounds))}; rank some first "
+        "(recipes/label.py), then export."
+    )
+
+
+def write_thumbs(store, rounds: list[int], output_dir: str) -> dict:
+    """An unpaired data folder (KTO's): train.jsonl of the thumbs of `rounds` (`thumb_rows`), and report.json."""
+    from datasets import Dataset
+
+    from .. import fs
+
+    rows = thumb_rows(store, rounds)
+    if not rows:
+        raise _nothing_ranked(rounds)
+    report = {"rounds": rounds, "answers": len(rows), "desirable": sum(r["label"] for r in rows)}
+    with fs.build_aside(output_dir, what="label", replace=True) as folder:
+        Dataset.from_list(rows).to_json(str(Path(folder) / "train.jsonl"), lines=True, force_ascii=False)
+        fs.atomic_write_json(Path(folder) / "report.json", report)
+    return report
+
+
 def write_pairs(store, rounds: list[int], output_dir: str, heldout: str | None, split: str = "test") -> dict:
     """A preferences data folder: train.jsonl from the store's rankings of `rounds`, test.jsonl the held-out pairs of
     `heldout` (the same pairs every round, so reward model accuracy compares across rounds); report.json/.md."""
@@ -82,10 +124,7 @@ def write_pairs(store, rounds: list[int], output_dir: str, heldout: str | None, 
 
     rows, report = export_rows(store, rounds)
     if not rows:
-        raise UserError(
-            f"the store has no ranked answers in round(s) {', '.join(map(str, rounds))}; rank some first "
-            "(recipes/label.py), then export."
-        )
+        raise _nothing_ranked(rounds)
     report.update(rounds=rounds, pairs=len(rows), groups=len({r["group"] for r in rows}), heldout=heldout)
     with fs.build_aside(output_dir, what="label", replace=True) as folder:
         Dataset.from_list(rows).to_json(str(Path(folder) / "train.jsonl"), lines=True, force_ascii=False)

@@ -123,6 +123,20 @@ register(
 )
 register(
     Stage(
+        "kto",
+        "KTO: the SFT policy trained on unpaired feedback (each answer a thumbs up or down), against itself as reference",
+        types(TRL_SCRIPT, "trl.KTOConfig", TRL_MODEL),
+        role="rl",
+        model_keys={"model_name_or_path": CAUSAL_LM},
+        makes=CAUSAL_LM,
+        columns=("prompt", "completion", "label"),
+        plan="rlhf_recipes.plan.estimate:plan_lm_stage",
+        baseline="sft",
+        targets=RL_TARGETS,
+    )
+)
+register(
+    Stage(
         "collect",
         "K sampled answers per prompt from a stage's model (or rankings imported) into the comparison store",
         types("rlhf_recipes.feedback.config.CollectArguments"),
