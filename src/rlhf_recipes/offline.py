@@ -31,6 +31,17 @@ def is_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or any(f in _TRUE for f in flags)
 
 
+def is_hub_id(value: str) -> bool:
+    """Whether `value` can only name a Hub repository: a valid repo id (`org/name` or `name`) that is no path."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        return False
+    return not value.startswith((".", "/", "~")) and value.count("/") <= 1
+
+
 def looks_like_hub_id(name: str) -> bool:
     """`org/name` (or a bare `name`) that is no local path."""
     return bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name)) and not Path(name).exists()

@@ -94,18 +94,12 @@ def check_heldout(heldout: str | None) -> None:
     """`heldout_pairs` names an existing folder or file, or (online) a Hub dataset id: checked before any ranking."""
     from pathlib import Path
 
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     from ..errors import UserError
+    from ..offline import is_hub_id
 
     if not heldout or Path(heldout).expanduser().exists():
         return
-    try:
-        validate_repo_id(heldout)
-        hub_id = not heldout.startswith((".", "/", "~")) and heldout.count("/") <= 1
-    except HFValidationError:
-        hub_id = False
-    if not hub_id:
+    if not is_hub_id(heldout):
         raise UserError(
             f"heldout_pairs={heldout} does not exist; give the preferences folder of the data stage (e.g. "
             "outputs/smollm2-135m/data/preferences) or leave it unset."

@@ -132,31 +132,18 @@ def plan_parsed(
 
 
 def plan_config(
-    config_path: str | Path,
-    overrides=(),
-    device: Device | str | None = None,
-    stage: str | None = None,
-    outputs: dict[str, str] | None = None,
-    sequence_length: int | None = None,
-    prompt_tokens: int | None = None,
+    config_path: str | Path, overrides=(), device: Device | str | None = None, stage: str | None = None, **kwargs
 ) -> StagePlan:
-    """Plan one stage YAML, with recipe-style `--key value` overrides; `stage` when its file name does not say."""
-    _check_lengths(sequence_length, prompt_tokens)
+    """Plan one stage YAML, with recipe-style `--key value` overrides; `stage` when its file name does not say;
+    `kwargs`: `plan_parsed`'s (outputs, sequence_length, prompt_tokens)."""
+    _check_lengths(kwargs.get("sequence_length"), kwargs.get("prompt_tokens"))
     spec = _stage(config_path, stage)
     if spec.role == "pipeline":
         raise UserError(f"{config_path} is a pipeline config; plan it with plan_file or recipes/plan.py.")
     _check_plannable(spec, config_path)
     configs = parse(spec, ["--config", str(config_path), *overrides])
-    outputs = {**sibling_outputs(config_path), **(outputs or {})}
-    return plan_parsed(
-        spec,
-        configs,
-        device,
-        config_path=str(config_path),
-        outputs=outputs,
-        sequence_length=sequence_length,
-        prompt_tokens=prompt_tokens,
-    )
+    outputs = {**sibling_outputs(config_path), **(kwargs.pop("outputs", None) or {})}
+    return plan_parsed(spec, configs, device, config_path=str(config_path), outputs=outputs, **kwargs)
 
 
 def _groups(overrides) -> list[tuple[str, list[str]]]:

@@ -128,7 +128,6 @@ def check_model(value: str | None, key: str, kind: str | tuple[str, ...], where:
     """A model key names something loadable of the right kind: the embedded model, an existing folder, or (online) a
     Hub id. A missing local folder says which stage makes it."""
     from huggingface_hub import constants
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     from ..models import CAUSAL_LM, EMBEDDED_PREFIX, require_kind
 
@@ -155,15 +154,11 @@ def check_model(value: str | None, key: str, kind: str | tuple[str, ...], where:
                 read_json(path / name, f"{key}'s {what}")
         require_kind(str(path), kind, key)
         return
-    try:
-        validate_repo_id(value)
-        hub_id = not value.startswith((".", "/", "~")) and value.count("/") <= 1
-    except HFValidationError:
-        hub_id = False
-    if not hub_id:
+    from .. import offline
+
+    if not offline.is_hub_id(value):
         raise UserError(f"{key}={value} {where} does not exist{producing_stage_hint(value)}.")
     if constants.HF_HUB_OFFLINE:
-        from .. import offline
         from ..models import cached_on_hub
 
         if not cached_on_hub(value):  # the sentence every Hub id that cannot be fetched gets (offline.py)

@@ -11,12 +11,13 @@ equal), and subtracts `missing_eos_penalty` from an answer that never reached it
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from trl import GRPOConfig as TRLGRPOConfig
 from trl import RLOOConfig as TRLRLOOConfig
 
+from ..config import help_field as _help
 from ..errors import UserError
 from ..scoring import RewardScorer
 
@@ -27,28 +28,21 @@ logger = logging.getLogger(__name__)
 class OnlineRLArguments:
     """Keys every online RL stage adds to its TRL config (PPO's config has the same ones)."""
 
-    reward_model_path: str | None = field(
-        default=None, metadata={"help": "The reward stage's output: scores every sampled completion."}
+    reward_model_path: str | None = _help("The reward stage's output: scores every sampled completion.", default=None)
+    reward_model_load_in_4bit: bool = _help(
+        "Load the frozen reward model in 4-bit (bitsandbytes, the policy's bnb_4bit_* settings).", default=False
     )
-    reward_model_load_in_4bit: bool = field(
-        default=False,
-        metadata={"help": "Load the frozen reward model in 4-bit (bitsandbytes, the policy's bnb_4bit_* settings)."},
-    )
-    min_reward_accuracy: float = field(
+    min_reward_accuracy: float = _help(
+        "Refuse to start when the reward model's held-out pairwise accuracy (its lineage's eval_accuracy) is below "
+        "this: RL against a reward model near chance optimises noise. 0 disables.",
         default=0.6,
-        metadata={
-            "help": "Refuse to start when the reward model's held-out pairwise accuracy (its lineage's "
-            "eval_accuracy) is below this: RL against a reward model near chance optimises noise. 0 disables."
-        },
     )
-    missing_eos_penalty: float | None = field(
-        default=1.0,
-        metadata={"help": "Subtracted from the reward of a completion cut at its length limit without EOS."},
+    missing_eos_penalty: float | None = _help(
+        "Subtracted from the reward of a completion cut at its length limit without EOS.", default=1.0
     )
-    reward_batch_size: int = field(default=16, metadata={"help": "Completions per reward-model forward pass."})
-    max_dropped_share: float = field(
-        default=0.05,
-        metadata={"help": "Stop before training when more than this share of prompts is too long for the context."},
+    reward_batch_size: int = _help("Completions per reward-model forward pass.", default=16)
+    max_dropped_share: float = _help(
+        "Stop before training when more than this share of prompts is too long for the context.", default=0.05
     )
 
 

@@ -9,10 +9,11 @@ with one sentence when the share of rows with no assistant token left exceeds `m
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from trl import SFTConfig as _TRLSFTConfig
 
+from ..config import help_field as _help
 from ..errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -20,12 +21,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class SFTConfig(_TRLSFTConfig):
-    max_dropped_share: float = field(
+    max_dropped_share: float = _help(
+        "Stop before training when more than this share of training conversations would keep no assistant (loss) "
+        "token after truncation to max_length. 0 = any such row stops the run.",
         default=0.0,
-        metadata={
-            "help": "Stop before training when more than this share of training conversations would keep no "
-            "assistant (loss) token after truncation to max_length. 0 = any such row stops the run."
-        },
     )
 
 
