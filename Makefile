@@ -7,6 +7,9 @@
 #              (outputs/smollm2-135m/rounds-eval/report.md). With people: see README, "Feedback rounds"
 # make label: after make demo, 4 answers to each of 32 prompts sampled from its PPO policy (round 1 of
 #             outputs/smollm2-135m/feedback.sqlite), then the ranking page for people on http://127.0.0.1:7860
+# make hh:     real preference data end to end (Anthropic HH-RLHF harmless-base, offline from ../shared/data/hh-rlhf):
+#              a reward model, a second one on other pairs as the judge, GRPO (RL=ppo or RL=rloo for another), the
+#              evaluation (outputs/hh-rlhf/eval/report.md); make hh-hub: the same data from the Hub (Anthropic/hh-rlhf)
 # make test:  the fast CPU test suite on a tiny random model
 # Benches (python -m bench.<name>; each run a fresh process; results in bench/results/; need a quiet machine):
 # make bench:            SFT, reward and PPO side by side with plain TRL: tokens/s, roofline of the precision used,
@@ -24,7 +27,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo compare-rl rounds label test lint bench bench-rl bench-memory bench-ppo-memory bench-trl112-env bench-data gpu-check
+.PHONY: setup demo compare-rl rounds label hh hh-hub test lint bench bench-rl bench-memory bench-ppo-memory bench-trl112-env bench-data gpu-check
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -47,6 +50,12 @@ rounds: setup
 label: setup  # round 1's answers sampled from the demo's policy first (a rerun adds only what is missing)
 	$(BIN)/python recipes/collect.py --config configs/smollm2-135m/collect.yaml --round 1
 	$(BIN)/python recipes/label.py --config configs/smollm2-135m/label.yaml
+
+hh: setup
+	$(BIN)/python recipes/pipeline.py --config configs/hh-rlhf/pipeline.yaml $(if $(RL),--rl $(RL))
+
+hh-hub: setup
+	$(BIN)/python recipes/pipeline.py --config configs/hh-rlhf/pipeline-hub.yaml $(if $(RL),--rl $(RL))
 
 test: setup
 	$(BIN)/python -m pytest -q

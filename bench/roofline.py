@@ -92,12 +92,16 @@ class Rates:
         }
 
 
-def training_flops(config, lengths: list[int], loss_tokens: list[int], lora_r: int, lm_head: bool) -> float:
+def training_flops(
+    config, lengths: list[int], loss_tokens: list[int], lora_r: int, lm_head: bool, trained_layers: int | None = None
+) -> float:
     """Model FLOPs of one LoRA training pass over sequences of `lengths` (frozen base weights, no recomputation).
 
     Per token: forward 2N and input-gradient backward 2N over the linear layers (the base is frozen, so no weight
     gradients), 6N over the LoRA matrices; causal attention per sample; the LM head only on tokens that carry the
-    loss (`loss_tokens`), when `lm_head`. `config` is a transformers config or a model folder."""
+    loss (`loss_tokens`), when `lm_head`. With LoRA on the top `trained_layers` layers only (a regex target), the
+    layers below run forward only: no backward pass reaches them. `config` is a transformers config or a model
+    folder."""
     if isinstance(config, str | bytes) or hasattr(config, "__fspath__"):
         from transformers import AutoConfig
 
@@ -109,8 +113,10 @@ def training_flops(config, lengths: list[int], loss_tokens: list[int], lora_r: i
     shapes += [(c.hidden_size, c.intermediate_size)] * 2 + [(c.intermediate_size, c.hidden_size)]
     linear = c.num_hidden_layers * sum(i * o for i, o in shapes)
     lora = c.num_hidden_layers * sum(lora_r * (i + o) for i, o in shapes)
-    per_token = 4 * linear + 6 * lora
-    attention_per_pair = 12 * q * c.num_hidden_layers  # QK^T and AV, forward + 2x backward, per (query, key) pair
+    share = (trained_layers if trained_layers is not None else c.num_hidden_layers) / c.num_hidden_layers
+    per_token = 2 * linear + share * (2 * linear + 6 * lora)
+    # QK^T and AV per (query, key) pair: forward 4, backward 8 in the layers a backward pass reaches
+    attention_per_pair = (4 + 8 * share) * q * c.num_hidden_layers
     total = sum(per_token * n + attention_per_pair * n * (n + 1) / 2 for n in lengths)
     if lm_head:
         total += 4 * c.hidden_size * c.vocab_size * sum(loss_tokens)

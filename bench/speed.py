@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 from bench import harness, roofline, synthetic
-from bench.harness import CONFIGS, RESULTS
+from bench.harness import CONFIGS, REPO, RESULTS
 
 TASKS = ("sft", "reward", "ppo")
 SETUPS = ("trl-defaults", "trl", "ours")
@@ -47,8 +47,8 @@ QUIET = ["--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "1
 # ------------------------------------------------------------------------------------------------- arguments
 
 
-def lm_argv(task: str, setup: str, data: str, model: str, out: Path, bf16: bool, rows: int) -> list[str]:
-    """The command line of one SFT or reward-model run; `rows`: our packed SFT rows per step."""
+def lm_argv(task: str, setup: str, data: str, model: str, out: Path, bf16: bool, rows: int, config: Path) -> list[str]:
+    """The command line of one SFT or reward-model run; `rows`: our packed SFT rows per step; `config`: ours' YAML."""
     common = ["--dataset_name", data, "--num_train_epochs", "1", "--output_dir", str(out)]
     common += ["--per_device_train_batch_size", str(BATCH), "--gradient_accumulation_steps", "1"]
     common += ["--use_cpu", "true"]  # what `trl sft` needs on a machine without a GPU
@@ -56,7 +56,7 @@ def lm_argv(task: str, setup: str, data: str, model: str, out: Path, bf16: bool,
         argv = ["--model_name_or_path", model, *common, *LORA, "--save_strategy", "no", "--report_to", "none"]
         argv += ["--lora_task_type", "SEQ_CLS"] if task == "reward" else []  # as TRL's reward-model docs say
         return argv + (["--bf16", str(bf16).lower()] if setup == "trl" else [])
-    argv = ["--config", str(CONFIGS / f"{task}.yaml"), "--model_name_or_path", model, *common, *QUIET]
+    argv = ["--config", str(config), "--model_name_or_path", model, *common, *QUIET]
     return argv + (["--per_device_train_batch_size", str(rows)] if task == "sft" else [])
 
 
@@ -83,7 +83,29 @@ def ppo_argv(setup: str, data: str, model: str, reward: str, out: Path, episodes
 # ------------------------------------------------------------------------------------------------------ runs
 
 
-def _setup_result(records: list[dict], capped_steps: int | None, examples: int, plan: dict, rates) -> dict:
+def lora_layers(task: str, config: Path, extra: list[str], model: str) -> tuple[int, int | None]:
+    """(LoRA rank, layers it trains: None for all) of ours' config with its `--ours` overrides. A single target is a
+    regex over module names (peft's rule): the layers it matches are the ones a backward pass reaches."""
+    import re
+
+    from transformers import AutoConfig
+
+    from rlhf_recipes import stages
+
+    model_args = stages.get(task).parse_args(["--config", str(config), *extra], check_paths=False)[-1]
+    targets = model_args.lora_target_modules
+    if not isinstance(targets, str):
+        return model_args.lora_r, None
+    layers = AutoConfig.from_pretrained(model).num_hidden_layers
+    names = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj")
+    names += ("mlp.up_proj", "mlp.down_proj")
+    hit = [i for i in range(layers) if any(re.fullmatch(targets, f"model.layers.{i}.{n}") for n in names)]
+    return model_args.lora_r, len(hit)
+
+
+def _setup_result(
+    records: list[dict], capped_steps: int | None, examples: int, plan: dict, rates, setup: str = "ours"
+) -> dict:
     speeds = [r["speed"] for r in records]
     steps = records[0]["global_step"]
     entry = {
@@ -96,12 +118,13 @@ def _setup_result(records: list[dict], capped_steps: int | None, examples: int, 
         "peak_rss_mib": harness.summarise([r["peak_rss_mib"] for r in records]),
     }
     if plan.get("flops_per_token"):
+        flops = plan["flops_per_token"]  # per setup: ours may train fewer layers than TRL's runs
+        flops = flops[setup] if isinstance(flops, dict) else flops
         gflops = rates.gflops(entry["compute_dtype"])  # the peak of the precision this run computed in
+        entry["flops_per_token"] = flops
         entry["roofline_gflops"] = gflops
-        entry["roofline_speed"] = gflops * 1e9 / plan["flops_per_token"]
-        entry["roofline_fraction"] = harness.summarise(
-            [roofline.fraction(speed, plan["flops_per_token"], gflops) for speed in speeds]
-        )
+        entry["roofline_speed"] = gflops * 1e9 / flops
+        entry["roofline_fraction"] = harness.summarise([roofline.fraction(speed, flops, gflops) for speed in speeds])
     return entry
 
 
@@ -135,7 +158,7 @@ def run_task(task: str, args, plan: dict, rates: roofline.Rates, work: Path) -> 
 
     setups = {
         setup: _setup_result(
-            done, args.capped_steps if setup in plan["capped"] else None, plan["examples"], plan, rates
+            done, args.capped_steps if setup in plan["capped"] else None, plan["examples"], plan, rates, setup
         )
         for setup, done in records.items()
     }
@@ -161,12 +184,18 @@ def plans(args, made: dict, model: str, reward: str | None, machine: dict) -> di
     out = {}
     for task in ("sft", "reward"):
         rows, data, lengths = sft_rows(made["sft_lengths"]), made[f"{task}_data"], made[f"{task}_lengths"]
+        config = Path(args.reward_config) if task == "reward" else CONFIGS / "sft.yaml"
 
-        def argv(setup, folder, task=task, data=data, rows=rows):
+        def argv(setup, folder, task=task, data=data, rows=rows, config=config):
             extra = ["--max_steps", str(args.capped_steps)] if setup in capped else []
-            return lm_argv(task, setup, data, model, folder, chosen_bf16, rows) + extra
+            return lm_argv(task, setup, data, model, folder, chosen_bf16, rows, config) + extra
 
-        flops = roofline.training_flops(model, lengths, made["sft_loss_tokens"], lora_r=16, lm_head=task == "sft")
+        def flops_of(rank: int, layers: int | None, lengths=lengths, task=task) -> float:
+            total = roofline.training_flops(model, lengths, made["sft_loss_tokens"], rank, task == "sft", layers)
+            return total / sum(lengths)
+
+        trl = flops_of(16, None)  # TRL's runs: LoRA r16 on every linear layer (LORA)
+        flops = {"trl-defaults": trl, "trl": trl, "ours": flops_of(*lora_layers(task, config, args.ours, model))}
         out[task] = {
             "capped": capped,
             "same_as": same_as,
@@ -176,7 +205,7 @@ def plans(args, made: dict, model: str, reward: str | None, machine: dict) -> di
             "per_run": sum(lengths),
             "unit": "real tokens/s",
             "examples": len(lengths) // (2 if task == "reward" else 1),
-            "flops_per_token": flops / sum(lengths),
+            "flops_per_token": flops,
         }
     out["ppo"] = {
         "capped": set(),
@@ -195,8 +224,13 @@ def make_data(folder: Path, args, model: str) -> dict:
     from rlhf_recipes.models import load_tokenizer
 
     generator = synthetic.Synthetic(load_tokenizer(model), seed=args.seed)
-    conversations, sft_lengths, loss_tokens = generator.conversations(args.samples)
-    pairs, reward_lengths = generator.pairs(args.pairs)
+    if args.hh:  # real HH-RLHF pairs, and their chosen conversations for SFT
+        pairs, reward_lengths, conversations, sft_lengths, loss_tokens = synthetic.hh_rows(
+            args.hh, args.pairs, args.samples, generator.tokenizer
+        )
+    else:
+        conversations, sft_lengths, loss_tokens = generator.conversations(args.samples)
+        pairs, reward_lengths = generator.pairs(args.pairs)
     prompts, _ = generator.prompts(args.ppo_episodes)
     return {
         "sft_data": synthetic.write_split(folder / "sft", conversations),
@@ -222,6 +256,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", default=None, help="model folder (default: the embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--out", default=str(RESULTS), help="folder for speed.json and speed.md")
     parser.add_argument("--work_dir", default=None, help="data, outputs and logs of the runs (default: a new temp)")
+    parser.add_argument("--hh", default=None, help="real pairs for the reward and SFT rows: an HH-RLHF .jsonl[.gz]")
+    parser.add_argument("--reward_config", default=str(CONFIGS / "reward.yaml"), help="ours' reward YAML")
     parser.add_argument("--ours", nargs=argparse.REMAINDER, default=[], help="extra recipe arguments for our runs")
     args = parser.parse_args(argv)
     tasks = [t for t in args.tasks.split(",") if t]
@@ -270,6 +306,8 @@ def data_summary(args, made: dict) -> dict:
         "sft_tokens": sum(lengths),
         "sft_length_min_median_max": [min(lengths), statistics.median(lengths), max(lengths)],
         "reward_tokens": sum(made["reward_lengths"]),
+        "rows": f"HH-RLHF pairs from {args.hh}" if args.hh else "generated (synthetic.py)",
+        "reward_config": str(args.reward_config).replace(f"{REPO}/", ""),
     }
 
 

@@ -208,6 +208,40 @@ class Synthetic:
         return [record(q, a) for q, a in made], [record(q, a) for q, a in held_out]
 
 
+def hh_rows(path: str, pairs: int, conversations: int, tokenizer, max_length: int = 512) -> tuple:
+    """Real rows instead of generated ones: the first `pairs` Anthropic HH-RLHF pairs of a JSON Lines file in the `hh`
+    format (.gz too) that RewardTrainer keeps at `max_length` and that have no empty turn (the data stage drops
+    those), with the lengths of every chosen and rejected conversation; and the first `conversations` of them as SFT
+    conversations (prompt + chosen), with their rendered lengths and assistant (loss) tokens."""
+    import gzip
+
+    from rlhf_recipes.data.formats import convert
+    from rlhf_recipes.scoring import training_ids
+
+    rows, lengths = [], []
+    with (gzip.open if str(path).endswith(".gz") else open)(path, "rt", encoding="utf-8") as handle:
+        for line in handle:
+            pair = convert(json.loads(line), "hh", "preferences", {})
+            if any(not m["content"].strip() for side in pair.values() for m in side):
+                continue
+            sides = [len(training_ids(tokenizer, pair["prompt"], pair[side])) for side in ("chosen", "rejected")]
+            if max(sides) <= max_length:
+                rows.append(pair)
+                lengths += sides
+            if len(rows) == max(pairs, conversations):
+                break
+    chats, chat_lengths, loss_tokens = [], [], []
+    for pair in rows[:conversations]:
+        messages = pair["prompt"] + pair["chosen"]
+        rendered = tokenizer.apply_chat_template(
+            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        chats.append({"messages": messages})
+        chat_lengths.append(len(rendered["input_ids"]))
+        loss_tokens.append(sum(rendered["assistant_masks"]))
+    return rows[:pairs], lengths[: 2 * pairs], chats, chat_lengths, loss_tokens
+
+
 def reward_model(base: str, folder: Path, seed: int = 0) -> str:
     """A full-weight reward model for PPO measurements: `base` with a seeded one-output score head, saved once."""
     folder = Path(folder)

@@ -16,7 +16,7 @@ from trl import ModelConfig, ScriptArguments, get_peft_config, get_quantization_
 from rlhf_recipes.errors import UserError
 from rlhf_recipes.models import load_tokenizer
 from rlhf_recipes.train import common
-from rlhf_recipes.train.reward import RewardConfig, RewardTrainer, check_pair_lengths
+from rlhf_recipes.train.reward import RewardConfig, RewardTrainer, check_lora_targets, check_pair_lengths
 
 STAGE = stages.get("reward")
 
@@ -28,6 +28,7 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
     if model_args.use_peft and model_args.lora_task_type != "SEQ_CLS":
         raise UserError("reward models need `lora_task_type: SEQ_CLS` with `use_peft: true`; set it in the YAML.")
     model_path = common.prepare_model(model_args.model_name_or_path, STAGE)
+    check_lora_targets(model_path, model_args)
     tokenizer = load_tokenizer(model_path)
     init_kwargs = common.model_init_kwargs(model_args)
     init_kwargs.pop("quantization_config", None)  # RewardTrainer takes it as its own argument

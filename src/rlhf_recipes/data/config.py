@@ -40,8 +40,14 @@ class SourceConfig:
     split: str = _help(
         "the split to read from a Hub dataset or a local folder: splits come from file and folder names "
         "(data/train-*.parquet, test.jsonl) or the folder's README.md `configs`; a folder without split names is all "
-        "train; a file or glob has no splits",
+        "train; a file or glob has no splits. A slice in datasets' syntax reads those rows only: test[0:800], "
+        "test[800:], train[:10%]",
         default="train",
+    )
+    data_dir: str | None = _help(
+        "a subfolder of a Hub dataset or local folder to read (load_dataset's data_dir), e.g. harmless-base of "
+        "Anthropic/hh-rlhf",
+        default=None,
     )
     subset: str | None = _help(
         "config name of a Hub dataset (or of a local folder's README.md `configs`)", default=None

@@ -166,7 +166,16 @@ def _parquet_places(files: list[Path], rows: set[int]) -> dict[int, str]:
 
 
 def locate(source, rows: set[int]) -> dict[int, str]:
-    """'file, line N' for each requested row index of a source (a `sources.Source`; one pass over its files)."""
+    """'file, line N' for each requested row index of a source (a `sources.Source`; one pass over its files); the index counts from the
+    start of a sliced split (`test[800:1000]`: row 0 is the split's row 800)."""
+    offset = getattr(source, "first_row", 0)
+    if offset:
+        places = _locate(source, {row + offset for row in rows})
+        return {row: places[row + offset] for row in rows}
+    return _locate(source, rows)
+
+
+def _locate(source, rows: set[int]) -> dict[int, str]:
     fallback = {row: f"{source.config.path}, row {row + 1}" for row in rows}
     if source.files is None or (source.builder == "text" and source.config.text_unit == "paragraph"):
         return fallback

@@ -164,6 +164,7 @@ def _source_rows(splits: list[Split], references: list[Loaded]) -> list[dict]:
                     "rows_kept": int(mine[split.kept].sum()),
                     "rows_written": int(mine[split.written].sum()),
                     "source_split": part.config.split,
+                    "rows_in_split": part.split_rows,  # a sliced local split (test[0:800]): its rows before slicing
                     "splits_not_read": part.other_splits,  # a folder's other splits (test files are not training)
                 }
             )
@@ -246,6 +247,11 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {s['split']} | `{s['path']}` | {fmt} | {s['weight']} | {s['rows_loaded']} | {kept} | {written} |"
         )
+    lines += [
+        f"\n`{s['path']}`: split `{s['source_split']}` read, {s['rows_loaded']} of its {s['rows_in_split']} rows"
+        for s in report["sources"]
+        if s.get("rows_in_split") is not None
+    ]
     lines += [
         f"\n`{s['path']}`: split `{s['source_split']}` read; not read: "
         + ", ".join(f"`{name}` ({count} files)" for name, count in s["splits_not_read"].items())

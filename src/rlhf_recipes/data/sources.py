@@ -6,6 +6,11 @@ Local files: `.jsonl` `.json` `.csv` `.parquet` `.txt` `.md`; JSON and JSON Line
 folder, whose files are split as `datasets.load_dataset(folder)` splits them (`folder_split`: a Hub snapshot's
 `data/train-*.parquet` and `data/test-*.parquet` are two splits, its README.md is the card, not data); or a glob
 (`data/train-*.parquet`: the shards of one table). Anything else that looks like `org/name` is a Hub dataset id.
+
+`data_dir` reads a subfolder (a Hub id's `data_dir`, as `load_dataset(path, data_dir=...)`; HH-RLHF's
+`harmless-base`), and `split` may be a slice in `datasets`' own syntax (`test[0:800]`, `train[:10%]`): a Hub source
+passes it to `load_dataset`, a local one reads the split and keeps those rows; the report says which rows were read,
+and a malformed record is still named by its line in the file.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ class Source:
     files: list[Path] | None
     builder: str
     other_splits: dict[str, int] = field(default_factory=dict)  # a folder's splits not read: name -> file count
+    first_row: int = 0  # a sliced split (`test[800:1000]`): the rows before the slice, for naming lines
+    split_rows: int | None = None  # a sliced local split: its rows before slicing
 
     @property
     def name(self) -> str:
@@ -71,6 +78,9 @@ class Loaded(Source):
 def find(config: SourceConfig, key: str, where: Origin, index: int) -> Source:
     """The local files of a source and their builder, or a Hub dataset id (files None, builder "hub")."""
     path = Path(config.path).expanduser()
+    split = split_name(config, key, where)
+    if config.data_dir is not None and (path.is_dir() or path.is_file() or any(ch in config.path for ch in "*?[")):
+        path = _data_dir(path, config, key, where)
     if any(ch in config.path for ch in "*?["):
         files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
         if not files:
@@ -83,7 +93,7 @@ def find(config: SourceConfig, key: str, where: Origin, index: int) -> Source:
         return Source(config, key, index, None, "hub")
     else:
         raise UserError(f"the source {config.path} ({key}.path {where(key)}) does not exist; fix the path.")
-    if not path.is_dir() and config.split != "train":
+    if not path.is_dir() and split != "train":
         raise UserError(
             f"{key}.split {where(key)} is '{config.split}', but {config.path} is a file or pattern, which has no "
             "splits; point path at the dataset's folder (its file names or README.md name the splits) or remove split."
@@ -104,9 +114,62 @@ def find(config: SourceConfig, key: str, where: Origin, index: int) -> Source:
     if source.other_splits:
         logger.info(
             "%s: read split '%s' (%d files); not read: %s (held-out rows belong in eval_sources, with split: NAME)",
-            config.path, config.split, len(files), ", ".join(f"{k} ({n} files)" for k, n in source.other_splits.items()),
+            config.path, split, len(files), ", ".join(f"{k} ({n} files)" for k, n in source.other_splits.items()),
         )  # fmt: skip
     return source
+
+
+def split_name(config: SourceConfig, key: str, where: Origin) -> str:
+    """The split a source reads, without its slice (`test` of `test[0:800]`); a malformed split is one sentence."""
+    from datasets import ReadInstruction
+
+    match = re.fullmatch(r"([\w.-]+)(\[.*\])?", config.split.strip())
+    try:
+        ReadInstruction.from_spec(config.split) if match and match.group(2) else None
+    except (ValueError, AssertionError):
+        match = None
+    if match is None:
+        raise UserError(
+            f"{key}.split {where(key)} is '{config.split}'; give one split, optionally sliced as datasets slices it: "
+            "test, test[0:800], test[800:], train[:10%]."
+        )
+    return match.group(1)
+
+
+def _data_dir(path: Path, config: SourceConfig, key: str, where: Origin) -> Path:
+    """The subfolder `data_dir` of a local folder; on a file or pattern, or where it does not exist, one sentence."""
+    if not path.is_dir():
+        raise UserError(
+            f"{key}.data_dir {where(key)} is '{config.data_dir}', but {config.path} is a file or pattern; data_dir "
+            "names a subfolder of a dataset folder or Hub id: point path at the folder or remove data_dir."
+        )
+    folder = path / config.data_dir
+    if not folder.is_dir():
+        found = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise UserError(
+            f"{key}.data_dir {where(key)} is '{config.data_dir}', which is not a folder in {config.path} (its "
+            f"folders: {', '.join(found) or 'none'}); fix data_dir or remove it."
+        )
+    return folder
+
+
+def _slice(source: Source, dataset, where: Origin):
+    """The rows of a sliced split (`test[0:800]`) of a local source, remembering where the slice starts."""
+    from datasets import ReadInstruction
+
+    config = source.config
+    if "[" not in config.split:
+        return dataset
+    name = split_name(config, source.key, where)
+    (part,) = ReadInstruction.from_spec(config.split).to_absolute({name: len(dataset)})
+    if part.from_ >= part.to:
+        raise UserError(
+            f"{source.key}.split {where(source.key)} is '{config.split}', which selects no row of {config.path}: its "
+            f"split '{name}' has {len(dataset)} rows; fix the slice."
+        )
+    source.first_row, source.split_rows = part.from_, len(dataset)
+    logger.info("%s: rows %d-%d of the %d in split '%s'", config.path, part.from_, part.to - 1, len(dataset), name)
+    return dataset.select(range(part.from_, part.to))
 
 
 def _card_configs(folder: Path):
@@ -156,12 +219,13 @@ def folder_split(folder: Path, config: SourceConfig, key: str, where: Origin) ->
             f"the folder {config.path} {where_key} has no data files ({problem}); add some or fix the path."
         ) from None
     files = {str(split): sorted(Path(f) for f in found) for split, found in splits.items()}
-    if config.split not in files:
+    wanted = split_name(config, key, where)
+    if wanted not in files:
         raise UserError(
-            f"the folder {config.path} {where_key} has no split '{config.split}' (its splits: {', '.join(files)}); "
+            f"the folder {folder} {where_key} has no split '{wanted}' (its splits: {', '.join(files)}); "
             f"set {key}.split to one of them."
         )
-    return files[config.split], {name: len(found) for name, found in files.items() if name != config.split}
+    return files[wanted], {name: len(found) for name, found in files.items() if name != wanted}
 
 
 # ---------------------------------------------------------------------------------------------- reading, converting
@@ -185,11 +249,16 @@ def read(source: Source, where: Origin, cache_dir: str):
     if source.files is None:
         offline.check(config.path, "dataset", f"{key}.path", where=where(key))
         try:
-            return load_dataset(config.path, config.subset, split=config.split)
+            return load_dataset(config.path, config.subset, data_dir=config.data_dir, split=config.split)
         except Exception as error:  # any Hub failure is the user's to fix (id, split, network, auth)
             if offline.unreachable(error):
                 raise offline.refuse(config.path, "dataset", f"{key}.path", where(key)) from None
             message = " ".join(str(error).split())[:300]
+            if config.data_dir and config.data_dir in message:  # e.g. "... at hf://.../NAME doesn't contain data"
+                raise UserError(
+                    f"the Hub dataset {config.path} has no data in data_dir '{config.data_dir}' ({key}.data_dir "
+                    f"{where(key)}): {message}; fix data_dir (its dataset page lists the folders)."
+                ) from None
             raise UserError(f"cannot load the Hub dataset {config.path} ({key} {where(key)}): {message}.") from None
     files, builder = source.files, source.builder
     kwargs = {"data_files": [str(f) for f in files], "split": "train", "cache_dir": cache_dir}
@@ -204,7 +273,9 @@ def read(source: Source, where: Origin, cache_dir: str):
             raise UserError(problem + ".") from None
         kwargs.update(features=Features({c: Value("string") for c in header}), keep_default_na=False)
     try:
-        return load_dataset(builder, **kwargs)
+        return _slice(source, load_dataset(builder, **kwargs), where)
+    except UserError:
+        raise
     except Exception as error:  # find the line that broke it, else report the library's words
         problem = load_problem(files, builder, config.text_unit)
         if problem:

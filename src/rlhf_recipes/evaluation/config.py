@@ -24,8 +24,13 @@ class EvaluationArguments:
         "or `none`",
         default="demo",
     )
-    text_dataset: str = _help("held-out domain text (`text` column)", default="data/demo/cpt")
-    qa_dataset: str = _help("held-out questions (`question`, `answer`, `aliases`)", default="data/demo/qa")
+    text_dataset: str | None = _help(
+        "held-out domain text (`text` column); null: no perplexity is measured", default="data/demo/cpt"
+    )
+    qa_dataset: str | None = _help(
+        "held-out questions (`question`, `answer`, `aliases`); null: no domain accuracy is measured",
+        default="data/demo/qa",
+    )
     preference_dataset: str = _help("held-out preference pairs", default="data/demo/preferences")
     prompt_dataset: str = _help("held-out prompts that RL models answer", default="data/demo/prompts")
     eval_split: str = _help("the split of every dataset above to evaluate on", default="test")
@@ -72,7 +77,13 @@ class EvaluationArguments:
         "a 95% interval that excludes zero",
         default=0.5,
     )
-    target_judge_gain: float = _help("RL: judge score (0-100) at least its baseline's + this", default=10.0)
+    target_judge_gain: float = _help(
+        "RL: judge score at least its baseline's + this (the demo judge: 0-100; a reward-model judge: its own scale)",
+        default=10.0,
+    )
+    target_judge_interval: bool = _help(
+        "RL: the judge gain's paired 95% bootstrap interval must also lie above zero", default=False
+    )
     target_accuracy_drop: float = _help("RL: domain accuracy at least its baseline's - this", default=0.02)
     target_kl_per_token: float = _help(
         "RL: KL to the baseline per answer token at most this (nats); see README for the bound", default=0.1

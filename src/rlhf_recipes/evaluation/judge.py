@@ -81,10 +81,13 @@ class DemoJudge:
 class RewardModelJudge:
     """A held-out reward model's score (its own scale), through the one scoring path."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, device: str = "cpu", dtype=None):
+        import torch
+
         from ..scoring import RewardScorer
 
-        self.name, self.scorer = f"reward:{path}", RewardScorer.from_path(path)
+        self.name, self.scorer = f"reward:{path}", RewardScorer.from_path(path, dtype=dtype or torch.float32)
+        self.scorer.model.to(device)
 
     def judge_many(self, prompts, answers) -> list[dict]:
         return [{"score": s} for s in self.scorer.score(prompts, answers)]
@@ -99,10 +102,13 @@ RUBRIC = (
 class LMJudge:
     """A judge LM prompted with `RUBRIC`; the first integer it writes, 1-10, scaled to 0-100."""
 
-    def __init__(self, model: str, max_new_tokens: int = 4):
+    def __init__(self, model: str, max_new_tokens: int = 4, device: str = "cpu", dtype=None):
+        import torch
+
         from .loaded import LoadedModel
 
-        self.name, self.lm, self.max_new_tokens = f"lm:{model}", LoadedModel(model), max_new_tokens
+        self.name, self.max_new_tokens = f"lm:{model}", max_new_tokens
+        self.lm = LoadedModel(model, device, dtype or torch.float32)
 
     def judge_many(self, prompts, answers) -> list[dict | None]:
         questions = [RUBRIC.format(question=_last_user_turn(p), answer=a) for p, a in zip(prompts, answers)]
@@ -120,19 +126,57 @@ def judge_all(judge, prompts, answers) -> list[dict | None]:
     return [judge.judge(p, a) for p, a in zip(prompts, answers)]
 
 
-def check_judge(spec: str, reward_model: str | None) -> None:
-    """The `judge:` setting checked before any work (loading a judge model waits until answers exist)."""
+WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "adapter_model.bin", "pytorch_model.bin")
+
+
+def weights_fingerprint(folder) -> str | None:
+    """A hash of a model folder's weight files (a copied or renamed folder has the same), None when it has none."""
+    import hashlib
     from pathlib import Path
 
+    files = [Path(folder) / name for name in WEIGHT_FILES if (Path(folder) / name).is_file()]
+    files += sorted(Path(folder).glob("model-*-of-*.safetensors"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for file in files:
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def check_judge(spec: str, reward_model: str | None) -> None:
+    """The `judge:` setting checked before any work (loading a judge model waits until answers exist): a reward
+    model judge must be a reward model's folder, and neither the reward model RL trained against nor a copy of it."""
+    from pathlib import Path
+
+    from ..models import REWARD_MODEL, model_kind
+
     kind, target = graders.parse(spec, "judge")  # a name it is not, a reward: folder that is not there: one sentence
-    if kind == "reward" and reward_model and Path(target).resolve() == Path(reward_model).resolve():
+    if kind != "reward":
+        return
+    if model_kind(target) not in (REWARD_MODEL, None):
         raise UserError(
-            f"judge: reward:{target} is the reward model RL trained against; a judge must be one it never "
-            "saw (another reward model, the demo judge or a judge LM)."
+            f"judge: reward:{target} is a {model_kind(target).replace('_', ' ')}, not a reward model; give the "
+            "output folder of a reward stage trained on pairs RL never saw (the HH recipe's `judge`)."
+        )
+    if not reward_model or not Path(reward_model).is_dir():
+        return
+    if Path(target).resolve() == Path(reward_model).resolve():
+        raise UserError(
+            f"judge: reward:{target} is the reward model RL trained against (reward_model); a judge must be one it "
+            "never saw: another reward model trained on other pairs, a judge LM (lm:<model>) or none."
+        )
+    fingerprint = weights_fingerprint(target)
+    if fingerprint is not None and fingerprint == weights_fingerprint(reward_model):
+        raise UserError(
+            f"judge: reward:{target} has the same weights as reward_model={reward_model}, the reward model RL trained "
+            "against; a judge must be one it never saw: train a second reward model on other pairs."
         )
 
 
-def load_judge(spec: str, reward_model: str | None):
-    """The judge named by the evaluation's `judge:` setting (None for `none`)."""
+def load_judge(spec: str, reward_model: str | None, device: str = "cpu", dtype=None):
+    """The judge named by the evaluation's `judge:` setting (None for `none`), its model on `device` in `dtype`."""
     check_judge(spec, reward_model)
-    return graders.build(*graders.parse(spec, "judge"))
+    return graders.build(*graders.parse(spec, "judge"), device=device, dtype=dtype)

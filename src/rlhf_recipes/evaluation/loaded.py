@@ -24,14 +24,14 @@ class Answer:
 class LoadedModel:
     """A causal LM (adapters merged through the cache) with its tokenizer, padded on the left for generation."""
 
-    def __init__(self, model_name_or_path: str, device: str = "cpu"):
+    def __init__(self, model_name_or_path: str, device: str = "cpu", dtype=torch.float32):
         from transformers import AutoModelForCausalLM
 
         from ..models import clean_generation_config, load_tokenizer, resolve_model_path
 
         path = resolve_model_path(model_name_or_path)
         self.tokenizer = load_tokenizer(path, padding_side="left")
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
         clean_generation_config(self.model, self.tokenizer)  # sample with exactly the settings asked for
         self.device = device
 

@@ -16,6 +16,8 @@ COMPARISON_COLUMNS = (  # (metric, heading)
     ("accuracy", "domain accuracy"),
     ("mean_length", "mean answer tokens"),
     ("cut_share", "cut without EOS"),
+    ("refusal_share", "refusals"),
+    ("common_phrase_share", "most common 4 words' share"),
     ("reward_length_corr", "reward-length corr."),
 )
 
@@ -124,6 +126,24 @@ def paired_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _scores(scores: dict | None) -> str:
+    if not scores:
+        return ""
+    parts = [f"{key} {value:.3g}" for key, value in scores.items() if key != "tokens" and value is not None]
+    if scores.get("tokens") is not None:
+        parts.append(f"{scores['tokens']} tokens")
+    return f" ({', '.join(parts)})"
+
+
+def phrase_lines(report: dict) -> list[str]:
+    """Each sampled model's most common 4-word phrase and its share of answers (a fixed phrase is a hack's mark)."""
+    return [
+        f'Most common 4 words in {r["stage"]}\'s answers: "{r["phrase"]}" (in {r["value"]:.0%} of them).'
+        for r in report["results"]
+        if r["metric"] == "common_phrase_share" and r.get("phrase")
+    ]
+
+
 def plot_comparison(report: dict, path: Path) -> bool:
     """Mean reward and judge score with their 95% intervals, one bar per sampled model."""
     import matplotlib
@@ -185,10 +205,13 @@ def write_report(report: dict, args) -> None:
         lines += [f"- **{name}:** {row[name]}" for name in report["models"] if name in row]
         lines.append("")
     if report.get("sampled_examples"):
-        lines += ["## Sampled answers to held-out prompts", ""]
+        lines += ["## Sampled answers to held-out prompts", "", *phrase_lines(report), ""]
         for row in report["sampled_examples"]:
-            lines.append(f"**Prompt:** {row['prompt']}")
-            lines += [f"- **{name}:** {text}" for name, text in row.items() if name != "prompt"]
+            turns = row.get("turns", 1)
+            lines.append(f"**Prompt** (last user turn{f' of {turns} messages' if turns > 1 else ''}): {row['prompt']}")
+            for name, text in row.items():
+                if name not in ("prompt", "turns", "scores"):
+                    lines.append(f"- **{name}**{_scores(row.get('scores', {}).get(name))}: {text}")
             lines.append("")
     lines += [f"![{p}]({p})" for p in report["plots"]]
     fs.atomic_write_text(output_dir / "report.md", "\n".join(lines) + "\n")

@@ -17,9 +17,10 @@ from .. import stages
 from ..errors import UserError
 from ..models import CAUSAL_LM, REWARD_MODEL, model_kind, read_lineage
 from ..stages.validation import check_model
+from . import pairs as held_out
 from .config import EvaluationArguments
 from .loaded import LoadedModel, as_messages
-from .probes import correlation, mean_interval, paired_difference
+from .probes import common_phrase, correlation, mean_interval, paired_difference, refusal_share
 from .targets import check_targets, reward_label
 
 logger = logging.getLogger(__name__)
@@ -81,13 +82,36 @@ def describe_models(args: EvaluationArguments) -> dict[str, dict]:
         described[name] = {"path": path, "stage": stage, "role": spec.role if spec else "base", "spec": spec}
     if args.reward_model:
         check_model(args.reward_model, "reward_model", REWARD_MODEL, "")
-    for info in described.values():  # an RL model is compared with the model of its baseline stage
+    for name, info in described.items():  # an RL model is compared with the model of its baseline stage
         spec = info["spec"]
         info["baseline"] = None
         if spec is not None and spec.baseline:
             info["baseline"] = next((n for n, i in described.items() if i["stage"] == spec.baseline), None)
+        if spec is not None and spec.role == "rl" and info["baseline"] is None:  # no SFT here: where RL started
+            info["baseline"] = starting_model(name, info, described)
     # baselines first, whatever the order of `models:`: an RL model's KL needs its baseline's log-probs at hand
     return dict(sorted(described.items(), key=lambda item: item[1]["baseline"] is not None))
+
+
+def placement(args: EvaluationArguments) -> tuple:
+    """(device, weights' dtype) of every evaluated model: on a GPU (unless use_cpu) in bf16 when `bf16`, else the CPU
+    in float32 with bf16 autocast where chosen (log-probs and KL come from float32 logits either way)."""
+    import torch
+
+    if torch.cuda.is_available() and not args.use_cpu:
+        return "cuda", torch.bfloat16 if args.bf16 else torch.float32
+    return "cpu", torch.float32
+
+
+def starting_model(name: str, info: dict, described: dict) -> str | None:
+    """The evaluated model an RL model started from (its lineage's input model), when no model of its baseline stage
+    is evaluated: the HH recipe runs RL on the instruct model itself, with no SFT stage."""
+    start = ((read_lineage(info["path"]) if Path(info["path"]).is_dir() else None) or {}).get("model_name_or_path")
+
+    def same(path: str) -> bool:
+        return path == start or (Path(path).exists() and Path(path).resolve() == Path(start).resolve())
+
+    return next((n for n, i in described.items() if n != name and start and same(i["path"])), None)
 
 
 def run_evaluation(args: EvaluationArguments) -> dict:
@@ -119,9 +143,12 @@ def evaluate_models(args: EvaluationArguments) -> dict:
         i["baseline"] for i in described.values() if i["baseline"]
     }
     sampled_names |= {n for pair in args.paired.items() for n in pair}
-    texts = load_split(args.text_dataset, args.eval_split, ("text",), args.max_rows)["text"]
-    qa = load_split(args.qa_dataset, args.eval_split, ("question", "answer"), args.max_rows)
-    references = [[row["answer"], *(row.get("aliases") or [])] for row in qa]
+    texts, qa = [], {"question": []}  # null datasets: those tasks are not measured (skipped below)
+    if args.text_dataset:
+        texts = load_split(args.text_dataset, args.eval_split, ("text",), args.max_rows)["text"]
+    if args.qa_dataset:
+        qa = load_split(args.qa_dataset, args.eval_split, ("question", "answer"), args.max_rows)
+    references = [[row["answer"], *(row.get("aliases") or [])] for row in qa] if args.qa_dataset else []
     prompts = []
     if sampled_names:
         prompts = list(load_split(args.prompt_dataset, args.eval_split, ("prompt",), args.max_rows)["prompt"])
@@ -131,9 +158,11 @@ def evaluate_models(args: EvaluationArguments) -> dict:
     counts = {"text": len(texts), "qa": len(qa), "prompts": len(prompts), "sampled_answers": len(sample_prompts)}
 
     skipped = check_skip(args, described)
+    for task, dataset in (("held-out-perplexity", args.text_dataset), ("domain-qa", args.qa_dataset)):
+        skipped |= {(name, task) for name in described} if not dataset else set()
     for name, info in tqdm(described.items(), desc="Evaluating models", unit="model"):
         logger.info("Evaluating %s (%s): %s", name, info["stage"] or "base model", info["path"])
-        loaded = LoadedModel(info["path"])
+        loaded = LoadedModel(info["path"], *placement(args))
         if (name, "held-out-perplexity") not in skipped:
             nll_sums, token_counts = loaded.perplexity_terms(texts, args.max_length, args.batch_size)
             value = perplexity.compute(nll_sums=nll_sums, token_counts=token_counts)["perplexity"]
@@ -156,20 +185,22 @@ def evaluate_models(args: EvaluationArguments) -> dict:
     if args.reward_model:
         from ..scoring import RewardScorer
 
-        scorer = RewardScorer.from_path(args.reward_model, args.batch_size)
+        device, dtype = placement(args)
+        scorer = RewardScorer.from_path(args.reward_model, args.batch_size, dtype)
+        scorer.model.to(device)
         pairs = load_split(args.preference_dataset, args.eval_split, ("prompt", "chosen", "rejected"), args.max_rows)
-        value = reward_accuracy_measured(args, len(pairs)) if args.reward_accuracy_from_lineage else None
-        if value is None:
-            chosen, rejected = (
-                scorer.score(pairs["prompt"], pairs["chosen"]),
-                scorer.score(pairs["prompt"], pairs["rejected"]),
-            )
-            metric = load_metric("pairwise_accuracy")
-            value = metric.compute(chosen_rewards=chosen, rejected_rewards=rejected)["accuracy"]
+        found = held_out.reward_accuracy(args, scorer, pairs)
         results.append(
-            _result(reward_label(args), "preference-pairs", args.preference_dataset, "accuracy", value, n=len(pairs))
-        )
+            _result(reward_label(args), "preference-pairs", args.preference_dataset, "accuracy", found["accuracy"],
+                    found["low"], found["high"], found["n"])
+        )  # fmt: skip
         counts["pairs"] = len(pairs)
+        judged_pairs = held_out.judge_accuracy(args.judge)
+        if judged_pairs is not None:
+            results.append(
+                _result("judge", "preference-pairs", judged_pairs["dataset"], "accuracy", judged_pairs["accuracy"],
+                        judged_pairs["low"], judged_pairs["high"], judged_pairs["n"])
+            )  # fmt: skip
         for name, answers in sampled.items():
             scores[name] = scorer.score(sample_prompts, [a.text for a in answers])
     judged = judge_answers(args, sample_prompts, sampled)
@@ -185,12 +216,14 @@ def evaluate_models(args: EvaluationArguments) -> dict:
         {"question": q, "reference": ref[0], **{name: greedy[name][i] for name in greedy}}
         for i, (q, ref) in enumerate(zip(qa["question"][: args.num_side_by_side], references))
     ]
-    examples = [
-        {"prompt": as_messages(p)[-1]["content"], **{name: sampled[name][i].text for name in sampled}}
-        for i, p in enumerate(
-            sample_prompts[: args.num_side_by_side * args.samples_per_prompt : args.samples_per_prompt]
-        )
-    ]
+    examples = []
+    for i in range(
+        0, min(len(sample_prompts), args.num_side_by_side * args.samples_per_prompt), args.samples_per_prompt
+    ):
+        row = {"prompt": as_messages(sample_prompts[i])[-1]["content"], "turns": len(as_messages(sample_prompts[i]))}
+        row.update({name: sampled[name][i].text for name in sampled})
+        row["scores"] = example_scores(i, sampled, scores, judged)
+        examples.append(row)
     models = {name: {k: info[k] for k in ("path", "stage", "role", "baseline")} for name, info in described.items()}
     return {
         "paired": dict(args.paired),
@@ -206,6 +239,20 @@ def evaluate_models(args: EvaluationArguments) -> dict:
         "side_by_side": side_by_side,
         "sampled_examples": examples,
     }
+
+
+def example_scores(i: int, sampled: dict, scores: dict, judged: dict) -> dict:
+    """What a reader weighs the i-th sampled answer of each model by: the judge, the reward, its length in tokens."""
+    out = {}
+    for name, answers in sampled.items():
+        verdict = (judged.get(name) or [None] * len(answers))[i]
+        reward = scores[name][i] if name in scores else None
+        out[name] = {
+            "judge": verdict["score"] if verdict else None,
+            "reward": reward,
+            "tokens": len(answers[i].answer_ids),
+        }
+    return out
 
 
 def check_skip(args: EvaluationArguments, described: dict) -> set[tuple[str, str]]:
@@ -229,24 +276,6 @@ def check_skip(args: EvaluationArguments, described: dict) -> set[tuple[str, str
     return skipped
 
 
-def reward_accuracy_measured(args: EvaluationArguments, rows: int) -> float | None:
-    """The reward stage's own held-out pairwise accuracy, when it was measured on exactly these pairs: the same data
-    folder and split, every row (RewardTrainer's eval scores each pair as `scoring` does; tests hold them equal)."""
-    lineage = read_lineage(args.reward_model) if Path(args.reward_model).is_dir() else None
-    data = (lineage or {}).get("data") or {}
-    accuracy = ((lineage or {}).get("metrics") or {}).get("eval_accuracy")
-    same = (
-        data.get("dataset_name")
-        and Path(data["dataset_name"]).resolve() == Path(args.preference_dataset).resolve()
-        and data.get("eval_split") == args.eval_split
-        and data.get("eval_rows") == rows
-    )
-    if accuracy is None or not same:
-        return None
-    logger.info("reward model accuracy on %s (%s): %.4f, from its lineage", args.preference_dataset, rows, accuracy)
-    return float(accuracy)
-
-
 def kl_results(name: str, model: LoadedModel, baseline: LoadedModel, answers, args) -> list[dict]:
     """KL(model || baseline) estimated on the model's own samples (k1, float32 log-probs at the sampling temperature)."""
     own = model.answer_logprobs(answers, args.temperature, args.batch_size)
@@ -263,7 +292,7 @@ def kl_results(name: str, model: LoadedModel, baseline: LoadedModel, answers, ar
 def judge_answers(args, prompts, sampled) -> dict[str, list[dict | None]]:
     from .judge import judge_all, load_judge
 
-    judge = load_judge(args.judge, args.reward_model) if sampled else None
+    judge = load_judge(args.judge, args.reward_model, *placement(args)) if sampled else None
     if judge is None:
         return {}
     return {name: judge_all(judge, prompts, [a.text for a in answers]) for name, answers in sampled.items()}
@@ -272,11 +301,15 @@ def judge_answers(args, prompts, sampled) -> dict[str, list[dict | None]]:
 def sample_results(name: str, answers, rewards, judged, args) -> list[dict]:
     dataset = args.prompt_dataset
     lengths = [len(a.answer_ids) for a in answers]
+    texts = [a.text for a in answers]
+    phrase, phrase_share = common_phrase(texts)
     out = [
         _result(name, "held-out-prompts", dataset, "mean_length", sum(lengths) / max(len(lengths), 1)),
         _result(
             name, "held-out-prompts", dataset, "cut_share", sum(not a.ended for a in answers) / max(len(answers), 1)
         ),
+        _result(name, "held-out-prompts", dataset, "refusal_share", refusal_share(texts)),
+        {**_result(name, "held-out-prompts", dataset, "common_phrase_share", phrase_share), "phrase": phrase},
     ]
     if rewards is not None:
         mean, low, high = mean_interval(rewards, args.bootstrap_samples, args.seed)

@@ -61,7 +61,12 @@ def reward_gain(results, name, info, described, args):
 def judge_gain(results, name, info, described, args):
     gain = value(results, name, "judge_gain")
     label = f"{name} judge score over {info['baseline'] or 'its baseline'}'s by >= {args.target_judge_gain} points"
-    return [_target(label, gain, args.target_judge_gain, lambda m, t: m >= t)]
+    if not getattr(args, "target_judge_interval", False):
+        return [_target(label, gain, args.target_judge_gain, lambda m, t: m >= t)]
+    low = value(results, name, "judge_gain", "low")
+    measured = None if gain is None or low is None else {"gain": gain, "interval_low": low}
+    label = label.replace(" points", ", paired 95% CI > 0")
+    return [_target(label, measured, args.target_judge_gain, lambda m, t: m["gain"] >= t and m["interval_low"] > 0)]
 
 
 def accuracy_kept(results, name, info, described, args):

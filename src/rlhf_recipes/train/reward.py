@@ -7,6 +7,10 @@ longest; the rewards are put back in their original order and TRL's own loss and
 
 RewardTrainer also drops every pair longer than `max_length` without a word; `check_pair_lengths` counts them first
 (rendered by `scoring.training_ids`, the one rendering of a scored conversation) and stops above `max_dropped_share`.
+
+Held-out accuracy is counted pair by pair: `eval_accuracy` is the share of held-out pairs whose chosen answer
+outscores the rejected one (TRL averages per-batch shares, which differ when the last batch is short), with
+`eval_pairs` and a 95% bootstrap interval (`eval_accuracy_low`, `eval_accuracy_high`).
 """
 
 from __future__ import annotations
@@ -89,6 +93,27 @@ def check_pair_lengths(dataset, tokenizer, training_args, dataset_name: str) -> 
     return {"pairs": len(longest), "dropped_for_length": len(dropped)}
 
 
+def check_lora_targets(model_path: str, model_args) -> None:
+    """A single `lora_target_modules` entry is a regex over module names (peft's rule; the HH recipe trains the top
+    layers only this way): one that matches no linear module of the model is one sentence, not peft's traceback."""
+    import re
+
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    target = model_args.lora_target_modules
+    if not model_args.use_peft or not isinstance(target, str) or target == "all-linear":
+        return
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(model_path, num_labels=1))
+    linear = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    if not any(re.fullmatch(target, name) for name in linear):
+        raise UserError(
+            f"lora_target_modules '{target}' (one entry: a regex over module names) matches no linear module of "
+            f"{model_args.model_name_or_path}, whose {len(linear)} are named like {linear[0]} to {linear[-1]}; fix "
+            "the regex (its layer numbers), or list module names (q_proj, v_proj, ...) for every layer."
+        )
+
+
 class _LengthBucketed:
     """Calls a sequence-classification model on length-sorted slices of a right-padded batch."""
 
@@ -161,4 +186,31 @@ class RewardTrainer(_TRLRewardTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.args.length_buckets > 1:  # TRL's DataCollatorForPreference pads on the right
             model = _LengthBucketed(model, self.args.length_buckets)
-        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        if not self.model.training:  # evaluation: each held-out pair's outcome, for the count and the interval
+            chosen, rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
+            self._eval_outcomes = getattr(self, "_eval_outcomes", [])
+            self._eval_outcomes.append(self.accelerator.gather_for_metrics(chosen > rejected).cpu())
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        outcomes = getattr(self, "_eval_outcomes", None)
+        if outcomes and any(key.startswith("eval_") for key in logs):
+            self._metrics["eval"].pop("accuracy", None)  # TRL's mean of per-batch shares: counted pair by pair here
+            super().log(logs | held_out_accuracy(torch.cat(outcomes).float().numpy()), start_time)
+            self._eval_outcomes = []
+            return
+        super().log(logs, start_time)
+
+
+def held_out_accuracy(outcomes) -> dict:
+    """Pairwise accuracy over held-out pairs (1: chosen scored higher), their count, and a 95% bootstrap interval."""
+    from ..evaluation.probes import mean_interval
+
+    accuracy, low, high = mean_interval(outcomes)
+    return {
+        "eval_accuracy": accuracy,
+        "eval_pairs": len(outcomes),
+        "eval_accuracy_low": low,
+        "eval_accuracy_high": high,
+    }
