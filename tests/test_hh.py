@@ -102,16 +102,27 @@ def test_the_hub_variants_differ_from_the_offline_recipe_only_where_the_data_com
 
 def test_the_hh_pipeline_runs_every_stage_at_toy_size(tmp_path, tiny_model_path, monkeypatch):
     """configs/hh-rlhf/pipeline.yaml unchanged but for step counts, on the tiny model and a stand-in for the shared
-    file (2,000 short pairs where ../shared/data/hh-rlhf is, seen from the folder it runs from): data, the reward
-    model, the judge, GRPO from the model itself, and the evaluation against that model, judged by the judge."""
+    file (2,000 short pairs in its layout, every source of data.yaml pointed at it): data, the reward model, the
+    judge, GRPO from the model itself, and the evaluation against that model, judged by the judge."""
+    stand_in = write_jsonl_gz(tmp_path / "hh-rlhf" / HH_FILE, [hh_row(i) for i in range(2000)]).parent
     work = tmp_path / "main"
-    write_jsonl_gz(tmp_path / "shared" / "data" / "hh-rlhf" / HH_FILE, [hh_row(i) for i in range(2000)])
     work.mkdir()
     monkeypatch.chdir(work)
-    settings = [f"reward.lora_target_modules={TINY_TOP}", f"judge.lora_target_modules={TINY_TOP}"]
+    data = yaml.safe_load((RECIPE / "data.yaml").read_text())["datasets"]
+    settings = [f"data.datasets.{name}.{group}.{i}.path={stand_in}" for name, spec in data.items()
+                for group, sources in spec.items() if isinstance(sources, list) for i in range(len(sources))]  # fmt: skip
+    assert len(settings) == 8
+    settings += [f"reward.lora_target_modules={TINY_TOP}", f"judge.lora_target_modules={TINY_TOP}"]
     settings += ["reward.max_steps=2", "judge.max_steps=2", "grpo.max_steps=2", "grpo.max_completion_length=4",
                 "grpo.min_reward_accuracy=0", "eval.max_new_tokens=4", "eval.max_rows=6", "eval.num_side_by_side=2"]  # fmt: skip
-    argv = ["--config", str(RECIPE / "pipeline.yaml"), "--model", str(tiny_model_path), "--output_dir", "out"]
+    argv = [
+        "--config",
+        str(RECIPE / "pipeline.yaml"),
+        "--model",
+        str(tiny_model_path),
+        "--output_dir",
+        str(work / "out"),
+    ]
     rows = stages.get("pipeline").run(argv + ["--set", *settings])
     assert [r["stage"] for r in rows] == ["data", "reward", "judge", "grpo", "eval"]
     assert all(r["status"] == "ran" for r in rows)
