@@ -103,7 +103,7 @@ def tokenizer(tokenizer_path):
 
 # ------------------------------------------------------------------------------------------------- shipped configs
 @pytest.mark.skipif(not (DEMO / "sft" / "train.jsonl").is_file(), reason="data/demo is not there")
-def test_demo_config_prepares_all_four_kinds(tmp_path, tokenizer_path, tokenizer, monkeypatch):
+def test_demo_config_prepares_all_five_kinds(tmp_path, tokenizer_path, tokenizer, monkeypatch):
     monkeypatch.chdir(REPO)
     out = tmp_path / "data"
     config = "configs/smollm2-135m/data.yaml"
@@ -112,7 +112,9 @@ def test_demo_config_prepares_all_four_kinds(tmp_path, tokenizer_path, tokenizer
         for r in prepare_data(["--config", config, "--output_root", str(out), "--tokenizer", str(tokenizer_path)])
     }
     kinds = {"cpt": "text", "sft": "messages", "preferences": "preferences", "prompts": "prompts"}
-    assert {name: r["kind"] for name, r in reports.items()} == kinds
+    assert {name: r["kind"] for name, r in reports.items()} == {**kinds, "unpaired": "unpaired"}
+    # the unpaired folder is the demo's pairs read as one desirable and one undesirable answer each (KTO's data)
+    assert reports["unpaired"]["splits"]["train"]["rows_in"] == 2 * len(rows(DEMO / "preferences" / "train.jsonl"))
     for name, kind in kinds.items():
         assert_trainable(out / name, kind, tokenizer, ("train", "test"))
         report = reports[name]
@@ -525,7 +527,8 @@ def test_output_folders_are_never_clobbered(tmp_path, tokenizer_path):
     with pytest.raises(UserError, match="is a folder this project did not write"):
         run_config(tmp_path, tokenizer_path, datasets, "--datasets.cpt.output_dir", str(foreign), overwrite=True)
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
-    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temporary folders left
+    leftovers = [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".") and p.name != fs.MARKER]
+    assert not leftovers  # no temporary folders left (the marker says output_root is the data stage's)
 
 
 def test_prepared_folder_has_the_mode_mkdir_gives(tmp_path, tokenizer_path):

@@ -44,7 +44,6 @@ def prepare(config: DataConfig, where: Origin, only: list[str] | None = None) ->
     names = only or list(config.datasets)
     for name in names:
         _check_output(config, name, where)
-    _claim_root(config, names)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="prepare-data-") as cache_dir, contextlib.ExitStack() as outputs:
         # Load and convert every source first: malformed data fails fast, before any slow step
@@ -57,6 +56,7 @@ def prepare(config: DataConfig, where: Origin, only: list[str] | None = None) ->
             target = config.datasets[name].output_dir
             folder = outputs.enter_context(fs.build_aside(target, what="data", replace=config.overwrite))
             reports.append(_prepare_one(name, loaded[name], config, tokenizer, folder, where))
+    _claim_root(config, names)  # once every output is in place: a failed run leaves nothing behind
     logger.info("Prepared %d dataset(s) in %.1f s", len(names), time.time() - started)
     return reports
 
@@ -76,7 +76,7 @@ def _check_output(config: DataConfig, name: str, where: Origin) -> None:
 
 def _claim_root(config: DataConfig, names: list[str]) -> None:
     """Mark output_root as the data stage's folder (`fs.claim`), so that a pipeline may set it aside when its settings
-    change, as it does every stage's output; one of the user's (holding anything else) is left unmarked."""
+    change, as it does every stage's output; one holding anything but the data stage's outputs is left unmarked."""
     root = Path(config.output_root) if config.output_root else None
     if root is None or not any(Path(config.datasets[name].output_dir).parent == root for name in names):
         return  # every dataset writes elsewhere (its own output_dir)
