@@ -166,8 +166,8 @@ def _parquet_places(files: list[Path], rows: set[int]) -> dict[int, str]:
 
 
 def locate(source, rows: set[int]) -> dict[int, str]:
-    """'file, line N' for each requested row index of a source (a `sources.Source`; one pass over its files); the index counts from the
-    start of a sliced split (`test[800:1000]`: row 0 is the split's row 800)."""
+    """'file, line N' for each requested row index of a source (a `find.Source`; one pass over its files); the index
+    counts from the start of a sliced split (`test[800:1000]`: row 0 is the split's row 800)."""
     offset = getattr(source, "first_row", 0)
     if offset:
         places = _locate(source, {row + offset for row in rows})
