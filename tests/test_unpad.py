@@ -138,3 +138,27 @@ def test_ppo_refuses_a_sampling_strategy_it_cannot_use(tmp_path):
     with pytest.raises(UserError, match="train_sampling_strategy=batch_rebalance is not one PPO can use"):
         check_model_options(args, ModelConfig(use_peft=True))
     assert list(LengthGroupedBatches([5, 9, 3], 8, torch.Generator().manual_seed(0))) == []  # fewer than one batch
+
+
+def test_lora_folded_into_the_weights_computes_the_adapters_output_and_leaves_the_base_bit_for_bit(models):
+    """The rollout's no-grad passes fold LoRA into the weights (train/ppo/merged.py): the same logits as the LoRA
+    path to float rounding, the frozen weights afterwards the very same tensors; never under bf16 autocast."""
+    from rlhf_recipes.train.ppo.merged import lora_folded, mergeable
+
+    policy, _ = models
+    batch = _rollouts([7, 7, 7, 7], 16, 5)
+    before = {name: (p.data_ptr(), p.detach().clone()) for name, p in policy.named_parameters()}
+    with torch.no_grad():
+        lora_path = policy(input_ids=batch).logits
+        with lora_folded(policy):
+            folded = policy(input_ids=batch).logits
+            with policy.disable_adapter():  # the adapter really is in the weights now, not beside them
+                assert torch.allclose(policy(input_ids=batch).logits, folded)
+        with policy.disable_adapter():
+            base = policy(input_ids=batch).logits
+    torch.testing.assert_close(folded, lora_path, atol=1e-5, rtol=0)
+    assert (lora_path - base).abs().max() > 1e-3  # the adapter changes the logits, so the check can fail
+    for name, p in policy.named_parameters():
+        assert p.data_ptr() == before[name][0] and torch.equal(p, before[name][1]), name
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not mergeable(policy)  # bf16 would round a small adapter away from the answers it samples

@@ -6,7 +6,9 @@ and its sampling of 53 tokens several times slower. During a rollout nothing tra
 weight is swapped for a new tensor W + s B A (peft's `get_delta_weight`) with the adapter switched off, and the
 original tensor object is put back afterwards: no rounding drift, the frozen weights stay bit for bit what they
 were (a merge and unmerge in place would not), at the cost of one extra copy of the adapted weights while it lasts.
-Models whose adapted layers are not plain float `nn.Linear` (a 4-bit base) keep the LoRA path.
+Only float32 weights outside autocast are folded: in bf16 (bf16 weights, or autocast casting them) W + s B A would be
+rounded to 8 bits of mantissa, and an adapter's early, small change would vanish from the answers it samples, while
+the LoRA path computes s B (A x) at its own scale. A 4-bit base keeps the LoRA path too.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ def _adapted_linears(model) -> list:
 
 def mergeable(model) -> bool:
     layers = _adapted_linears(model)
-    return bool(layers) and all(
-        type(m.base_layer) is torch.nn.Linear and m.base_layer.weight.dtype.is_floating_point for m in layers
+    autocast = any(torch.is_autocast_enabled(device) for device in ("cpu", "cuda"))
+    return bool(layers) and not autocast and all(
+        type(m.base_layer) is torch.nn.Linear and m.base_layer.weight.dtype == torch.float32 for m in layers
     )
 
 
