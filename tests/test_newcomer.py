@@ -276,3 +276,10 @@ def test_the_forecast_scales_later_stages_by_the_machine_not_by_the_current_stag
     clock.start(runs[1])
     clock.progress("sft", "10", "100", elapsed="100", eta="900")  # this stage is 5x slower than forecast
     assert "~15.0 min left in this stage; pipeline ~21.7 min left" in capsys.readouterr().out  # 900 + 200 x 2 s
+
+    # a CPU with native bf16 measures a full-size bf16 matmul (a 128 x 128 one read 0.3 GFLOP/s: a 380x forecast)
+    sizes = []
+    monkeypatch.setattr(precision, "matmul_rate", lambda dtype, size, seconds: sizes.append((dtype, size)) or 50.0)
+    monkeypatch.setattr(precision, "machine", lambda use_cpu=True: ("cpu", "AVX512", True))
+    PipelineClock(SimpleNamespace(stages=runs, expected_at_gflops=100.0, precision="bf16"), None, manifest=None)
+    assert sizes == [("bfloat16", 1024)]

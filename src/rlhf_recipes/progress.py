@@ -71,7 +71,10 @@ class PipelineClock:
         from . import precision
 
         chosen = precision.resolve({"auto": "auto", "bf16": True, "float32": False}[self.config.precision], True)
-        rate = precision.matmul_rate(chosen.dtype, size=1024 if chosen.dtype == "float32" else 128, seconds=0.5)
+        # the rate of a real matmul in the precision the stages compute in; a small one only where bf16 is
+        # emulated (slow enough that the size matters little), as a 128 x 128 product mostly measures overhead
+        size = 1024 if chosen.dtype == "float32" or chosen.native_bf16 else 128
+        rate = precision.matmul_rate(chosen.dtype, size=size, seconds=0.5)
         factor = self.config.expected_at_gflops / max(rate, 1e-9)
         total = sum(run.expected_seconds or 0 for run in self.remaining) * factor
         print(
