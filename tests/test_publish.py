@@ -334,4 +334,6 @@ def test_the_card_draws_the_evaluation_report_s_training_curves():
     from rlhf_recipes.evaluation import curves
     from rlhf_recipes.publish import cards
 
-    assert cards.plot_training_curves is curves.plot_training_curves and cards.TRAINING_CURVES == curves.TRAINING_CURVES
+    assert (
+        cards.plot_training_curves is curves.plot_training_curves and cards.TRAINING_CURVES == curves.TRAINING_CURVES
+    )

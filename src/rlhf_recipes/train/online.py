@@ -20,30 +20,9 @@ from trl import RLOOConfig as TRLRLOOConfig
 from ..config import help_field as _help
 from ..errors import UserError
 from ..scoring import RewardScorer
+from .rl import OnlineRLArguments
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class OnlineRLArguments:
-    """Keys every online RL stage adds to its TRL config (PPO's config has the same ones)."""
-
-    reward_model_path: str | None = _help("The reward stage's output: scores every sampled completion.", default=None)
-    reward_model_load_in_4bit: bool = _help(
-        "Load the frozen reward model in 4-bit (bitsandbytes, the policy's bnb_4bit_* settings).", default=False
-    )
-    min_reward_accuracy: float = _help(
-        "Refuse to start when the reward model's held-out pairwise accuracy (its lineage's eval_accuracy) is below "
-        "this: RL against a reward model near chance optimises noise. 0 disables.",
-        default=0.6,
-    )
-    missing_eos_penalty: float | None = _help(
-        "Subtracted from the reward of a completion cut at its length limit without EOS.", default=1.0
-    )
-    reward_batch_size: int = _help("Completions per reward-model forward pass.", default=16)
-    max_dropped_share: float = _help(
-        "Stop before training when more than this share of prompts is too long for the context.", default=0.05
-    )
 
 
 @dataclass

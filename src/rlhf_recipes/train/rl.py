@@ -3,11 +3,35 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
+from ..config import help_field as _help
 from ..errors import UserError
 from ..models import read_lineage
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class OnlineRLArguments:
+    """Keys every RL stage that trains against a reward model adds to its config (PPO, GRPO, RLOO, online DPO)."""
+
+    reward_model_path: str | None = _help("The reward stage's output: scores every sampled completion.", default=None)
+    reward_model_load_in_4bit: bool = _help(
+        "Load the frozen reward model in 4-bit (bitsandbytes, the policy's bnb_4bit_* settings).", default=False
+    )
+    min_reward_accuracy: float = _help(
+        "Refuse to start when the reward model's held-out pairwise accuracy (its lineage's eval_accuracy) is below "
+        "this: RL against a reward model near chance optimises noise. 0 disables.",
+        default=0.6,
+    )
+    missing_eos_penalty: float | None = _help(
+        "Subtracted from the reward of a completion cut at its length limit without EOS.", default=1.0
+    )
+    reward_batch_size: int = _help("Completions per reward-model forward pass.", default=16)
+    max_dropped_share: float = _help(
+        "Stop before training when more than this share of prompts is too long for the context.", default=0.05
+    )
 
 
 def check_reward_model(reward_model_path: str, min_accuracy: float, key: str = "reward_model_path") -> float | None:

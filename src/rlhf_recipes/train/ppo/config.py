@@ -1,5 +1,6 @@
 """PPO's settings: TRL 1.12's `PPOConfig` keys, names and defaults (YAMLs written for it keep working), on transformers'
-`TrainingArguments`, plus where the reward model and the value model's base live and the reward-model gate."""
+`TrainingArguments`, plus the reward-model keys every RL stage shares (`missing_eos_penalty` defaults to 1.0 there, as
+in GRPO, RLOO and online DPO; TRL 1.12's PPO had none) and where the value model's base lives."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ from typing import Literal
 
 from transformers import TrainingArguments
 
+from ..rl import OnlineRLArguments
+
 
 @dataclass
-class PPOConfig(TrainingArguments):
-    """The PPO stage's YAML keys (TrainingArguments' own keys too: learning_rate, seed, save_steps, ...)."""
+class PPOConfig(OnlineRLArguments, TrainingArguments):
+    """The PPO stage's YAML keys: the reward model's (`rl.OnlineRLArguments`, as every RL stage that trains against
+    one), PPO's own, and TrainingArguments' (learning_rate, seed, save_steps, ...)."""
 
     # Defaults TRL's PPO config chose differently from TrainingArguments
     learning_rate: float = field(default=3e-6, metadata={"help": "AdamW's initial learning rate."})
@@ -21,23 +25,9 @@ class PPOConfig(TrainingArguments):
     )
 
     # Models
-    reward_model_path: str | None = field(
-        default=None, metadata={"help": "The reward stage's output: scores answers; the value model starts from it."}
-    )
-    reward_model_load_in_4bit: bool = field(
-        default=False,
-        metadata={"help": "Load the frozen reward model in 4-bit (bitsandbytes, the policy's bnb_4bit_* settings)."},
-    )
     value_model_load_in_4bit: bool = field(
         default=False,
         metadata={"help": "Load the value model's frozen base in 4-bit; it trains through LoRA (needs use_peft)."},
-    )
-    min_reward_accuracy: float = field(
-        default=0.6,
-        metadata={
-            "help": "Refuse to start when the reward model's held-out pairwise accuracy (its lineage's "
-            "eval_accuracy) is below this: RL against a reward model near chance optimises noise. 0 disables."
-        },
     )
 
     # Rollouts
@@ -50,18 +40,11 @@ class PPOConfig(TrainingArguments):
         default=64, metadata={"help": "Rows per generation and per no-grad forward pass of a rollout."}
     )
     response_length: int = field(default=53, metadata={"help": "Most tokens generated per answer."})
-    max_dropped_share: float = field(
-        default=0.05,
-        metadata={"help": "Stop before training when more than this share of prompts is too long for the context."},
-    )
     stop_token: Literal["eos"] | None = field(
         default=None, metadata={"help": "'eos': an answer ends at the tokenizer's EOS (else at response_length)."}
     )
     stop_token_id: int | None = field(default=None, metadata={"help": "The token an answer ends at (or stop_token)."})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of the rollouts."})
-    missing_eos_penalty: float | None = field(
-        default=None, metadata={"help": "Subtracted from the score of an answer that never reached EOS."}
-    )
     num_sample_generations: int = field(
         default=10,
         metadata={"help": "How many times in a run to log a few sampled answers with their scores; 0: never."},

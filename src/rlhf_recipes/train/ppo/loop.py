@@ -143,7 +143,7 @@ class PPOTrainer(Trainer):
             reward_model if getattr(reward_model, "is_loaded_in_4bit", False) else reward_model.to(device)
         )
         self.scorer = RewardScorer(
-            self.reward_model, reward_processing_class or processing_class, args.local_rollout_forward_batch_size
+            self.reward_model, reward_processing_class or processing_class, args.reward_batch_size
         )
         self.sampling = sampling_config(args, self.stop_token_id, processing_class.pad_token_id)
         self.recompute_logprobs = bool(args.bf16)

@@ -27,8 +27,10 @@ def _adapted_linears(model) -> list:
 def mergeable(model) -> bool:
     layers = _adapted_linears(model)
     autocast = any(torch.is_autocast_enabled(device) for device in ("cpu", "cuda"))
-    return bool(layers) and not autocast and all(
-        type(m.base_layer) is torch.nn.Linear and m.base_layer.weight.dtype == torch.float32 for m in layers
+    return (
+        bool(layers)
+        and not autocast
+        and all(type(m.base_layer) is torch.nn.Linear and m.base_layer.weight.dtype == torch.float32 for m in layers)
     )
 
 
