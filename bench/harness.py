@@ -313,10 +313,10 @@ def _instrument(record: dict, ppo: str | None) -> None:
     from transformers import Trainer
 
     classes = [Trainer]
-    if ppo == "trl":  # in the TRL 1.12 environment (bench/trl_ppo_example.py)
-        from trl.experimental.ppo import PPOTrainer
+    if ppo == "trl":  # in the TRL 1.12 environment: the one module that imports trl.experimental.ppo
+        from bench.trl_ppo_example import trainer_class
 
-        classes.append(PPOTrainer)
+        classes.append(trainer_class())
     elif ppo:
         from rlhf_recipes.train.ppo import PPOTrainer
 

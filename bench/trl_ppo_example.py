@@ -38,6 +38,13 @@ import tempfile
 from bench import REPO
 
 
+def trainer_class():
+    """TRL 1.12's PPOTrainer (the harness times its `train`); only in the TRL 1.12 environment."""
+    from trl.experimental.ppo import PPOTrainer
+
+    return PPOTrainer
+
+
 def parse_args(argv: list[str] | None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--policy", required=True, help="SFT model folder or Hub id (TRL's sft_model_path)")
@@ -77,7 +84,7 @@ def main(argv: list[str] | None = None):
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from trl import ModelConfig, get_peft_config
-    from trl.experimental.ppo import PPOConfig, PPOTrainer
+    from trl.experimental.ppo import PPOConfig
 
     from rlhf_recipes.models import load_tokenizer
 
@@ -115,7 +122,7 @@ def main(argv: list[str] | None = None):
     train_dataset = tokenize(dataset["train"], tokenizer)
     eval_dataset = tokenize(dataset["test"], tokenizer) if "test" in dataset else train_dataset
 
-    trainer = PPOTrainer(
+    trainer = trainer_class()(
         args=training_args,
         processing_class=tokenizer,
         model=policy,

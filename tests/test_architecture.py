@@ -178,6 +178,26 @@ def test_nothing_imports_a_recipe():
     assert not importers, importers
 
 
+def experimental_importers(known: dict[str, Path]) -> dict[str, set[str]]:
+    """trl.experimental.X -> the project modules that import it (anywhere in the file, as `imports` reads them)."""
+    found: dict[str, set[str]] = {}
+    for name, path in known.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            for module in names:
+                if module.startswith("trl.experimental."):
+                    found.setdefault(".".join(module.split(".")[:3]), set()).add(name)
+    return found
+
+
+def test_each_trl_experimental_module_is_imported_in_one_module_and_ppo_only_by_the_trl_1_12_bench():
+    found = experimental_importers(modules())
+    assert {module: names for module, names in found.items() if len(names) != 1} == {}
+    assert found.get("trl.experimental.ppo") == {"bench.trl_ppo_example"}  # TRL 1.13 removed it; our PPO is ours
+    assert found.get("trl.experimental.online_dpo") == {"rlhf_recipes.train.online_dpo"}
+
+
 def test_the_checker_finds_a_circle_and_an_upward_import():
     edges = {"rlhf_recipes.config": {"rlhf_recipes.stages.run"}, "rlhf_recipes.stages.run": {"rlhf_recipes.config"}}
     assert cycles(edges) == [["rlhf_recipes.config", "rlhf_recipes.stages.run"]]

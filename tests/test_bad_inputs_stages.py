@@ -102,6 +102,8 @@ CATALOGUE = [
     Case("ppo_before_sft_has_run", "ppo", ["--config", str(CONFIGS / "ppo.yaml"), "--output_dir", "{out}"],
          ["model_name_or_path=outputs/smollm2-135m/sft", "does not exist", "run the sft stage first"], setup="empty_cwd"),
     Case("ppo_reward_model_is_a_policy", "ppo", PPO[:4] + ["--reward_model_path", "{sft}", *PPO[6:]], ["reward_model_path", "is a causal lm", "needs a reward model"]),
+    Case("ppo_embedded_model_as_reward_model", "ppo", PPO[:4] + ["--reward_model_path", "embedded:SmolLM2-135M-Instruct", *PPO[6:]],
+         ["reward_model_path=embedded:", "needs a reward model"]),
     Case("ppo_empty_prompt", "ppo", PPO + ["--dataset_name", "{tmp}/prompts"], ["PPO prompt 1 of the train split", "[]"],
          files={"prompts/train.jsonl": '{"prompt": [{"role": "user", "content": "Hi?"}]}\n{"prompt": []}\n'}),
     Case("ppo_zero_response_length", "ppo", PPO + ["--response_length", "0"], ["response_length", "positive"]),

@@ -32,3 +32,10 @@ def test_every_linked_page_exists():
             if not (page.parent / target).resolve().is_file():
                 missing.append(f"{page.relative_to(REPO)} -> {target}")
     assert not missing
+
+
+def test_the_readme_documents_tracking_and_installing_the_wheel():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "--report_to trackio" in text and "trackio show" in text
+    assert "pip wheel --no-deps . -w dist" in text and "rlhf-recipes init" in text
+    assert "report_to: trackio" in (REPO / "docs" / "data.md").read_text(encoding="utf-8")

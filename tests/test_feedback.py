@@ -304,6 +304,9 @@ def test_collect_samples_k_answers_per_prompt_once_and_refuses_another_model_in_
     store = Store(str(tmp_path / "f.sqlite"))
     rows = store.candidates(store.prompt_ids(1)[0], 1)
     assert len(rows) == 3 and json.loads(rows[0]["sampling"])["k"] == 3
+    every = [row for pid in store.prompt_ids(1) for row in store.candidates(pid, 1)]
+    cut = sum(bool(json.loads(row["sampling"]).get("cut")) for row in every)  # the page marks these
+    assert cut == report["cut_without_eos"] > 0  # 6 tokens of the tiny model: answers stop at the limit, not EOS
     assert json.loads(rows[0]["lineage"])["stage"] == "sft"
     assert stages.get("collect").run(argv)["candidates"] == 0  # a rerun adds nothing
     other = str(tiny_sibling(sft, tmp_path))

@@ -58,6 +58,10 @@ def test_a_page_that_stops_with_prompts_left_stops_the_export(tmp_path, monkeypa
             sock.close()
 
     monkeypatch.setattr(uvicorn.Server, "run", starts_then_dies)
+    from rlhf_recipes.feedback import app
+
+    build_app, given = app.build_app, []  # what label.yaml's `guidelines:` file gives the page (browser test: shown)
+    monkeypatch.setattr(app, "build_app", lambda *args: given.append(args[-1]) or build_app(*args))
     argv = ["--config", str(CONFIGS / "label.yaml"), "--store", str(tmp_path / "feedback.sqlite"), "--port",
             str(free_port()), "--heldout_pairs", "null", "--output_dir", str(tmp_path / "pairs")]  # fmt: skip
     with pytest.raises(
@@ -65,6 +69,7 @@ def test_a_page_that_stops_with_prompts_left_stops_the_export(tmp_path, monkeypa
     ):
         stages.get("label").run(argv)
     assert not (tmp_path / "pairs").exists()
+    assert given == [(CONFIGS / "label-guidelines.md").read_text(encoding="utf-8")]
 
 
 def test_a_body_over_the_limit_is_refused_before_it_is_read(tmp_path):

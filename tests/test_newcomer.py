@@ -254,9 +254,11 @@ def test_kl_has_a_panel_of_its_own_and_a_lone_eval_loss_is_labelled(tmp_path):
     reward = stage(
         "reward", [{"step": s, "loss": 0.7 - 0.05 * s} for s in range(1, 9)] + [{"step": 8, "eval_loss": 0.4}]
     )
-    figure = curves_figure([reward, ppo])
+    cpt = stage("cpt", [{"step": 2, "loss": 3.1}])  # a short CPT logs its loss once
+    figure = curves_figure([cpt, reward, ppo])
     axes = {a.get_title(): a for a in figure.axes if a.get_visible()}
-    assert set(axes) == {"reward: loss", "ppo: loss", "ppo: reward", "ppo: KL"}
+    assert set(axes) == {"cpt: loss", "reward: loss", "ppo: loss", "ppo: reward", "ppo: KL"}
+    assert [t.get_text() for t in axes["cpt: loss"].texts] == ["3.1"]  # one point is said, not drawn as a line
     low, high = axes["ppo: KL"].get_ylim()
     assert high < 0.2 and high - low > 0.05  # the KL's own scale: 0.01 to 0.07 is readable, not a flat line at 0
     assert [t.get_text() for t in axes["reward: loss"].texts] == ["0.4"]  # the one eval loss, said
@@ -283,3 +285,19 @@ def test_the_forecast_scales_later_stages_by_the_machine_not_by_the_current_stag
     monkeypatch.setattr(precision, "machine", lambda use_cpu=True: ("cpu", "AVX512", True))
     PipelineClock(SimpleNamespace(stages=runs, expected_at_gflops=100.0, precision="bf16"), None, manifest=None)
     assert sizes == [("bfloat16", 1024)]
+
+
+def test_make_label_collects_round_one_before_it_serves_the_page():
+    """After `make demo` the store is empty: `make label` samples round 1 first (a rerun adds only what is missing)."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("make"):
+        pytest.skip("no make here")
+    dry = subprocess.run(["make", "-n", "-o", ".venv/.installed", "label"], cwd=REPO, capture_output=True, text=True)
+    lines = [line for line in dry.stdout.splitlines() if "recipes/" in line]
+    assert dry.returncode == 0 and [line.split("recipes/")[1].split()[0] for line in lines] == [
+        "collect.py",
+        "label.py",
+    ]
+    assert "--round 1" in lines[0] and "configs/smollm2-135m/collect.yaml" in lines[0]

@@ -1,7 +1,7 @@
 """The package installs as a wheel and works from it, with no file of the repository present: a fresh virtual
 environment (no `-e`), run in a folder outside the checkout, `rlhf-recipes init` copies the configs and the demo data
-out of the wheel, then the pipeline (data, CPT and SFT, 2 steps each on the tiny model: every stage's command is parsed, the
-rest is the same code), the planner over every stage, one stage on a Hub-layout folder of the user's, and a card."""
+out of the wheel, then the whole pipeline (every stage, a few steps each on the tiny model: data to the card), the
+planner over every stage, one stage on a Hub-layout folder of the user's, and a card."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 from conftest import REPO
+from test_pipeline import TINY_OVERRIDES
 
 SHIPPED = (
     "rlhf_recipes/assets/model_cards/causal_lm.md.jinja",
@@ -77,12 +78,19 @@ def test_wheel_installs_and_runs_from_an_init_folder_outside_the_checkout(tmp_pa
     assert where.startswith(str(site)), where
 
     # the pipeline, from the copied pipeline.yaml: its stage configs found next to it, the data in data/demo
-    tiny = ["--model", str(tiny_model_path), "--output_dir", "outputs/pipe", "--stages", "data,cpt,sft",
-            "--cpt.max_steps", "2", "--sft.max_steps", "2", "--sft.per_device_train_batch_size", "2"]  # fmt: skip
+    tiny = ["--model", str(tiny_model_path), "--output_dir", "outputs/pipe", *TINY_OVERRIDES]
     run("pipeline", "--config", "configs/smollm2-135m/pipeline.yaml", *tiny, cwd=work)
-    lineage = json.loads((work / "outputs" / "pipe" / "sft" / "lineage.json").read_text())
+    pipe = work / "outputs" / "pipe"
+    lineage = json.loads((pipe / "sft" / "lineage.json").read_text())
     assert lineage["stage"] == "sft" and lineage["data"]["dataset_name"] == "outputs/pipe/data/sft"
-    assert (work / "outputs" / "pipe" / "logs" / "sft.log").is_file()
+    assert [s["stage"] for s in json.loads((pipe / "ppo" / "lineage.json").read_text())["chain"]] == [
+        "cpt",
+        "sft",
+        "ppo",
+    ]
+    assert (pipe / "eval" / "report.md").read_text().startswith("# Evaluation")
+    assert "model-index" in (pipe / "publish" / "README.md").read_text()
+    assert (pipe / "logs" / "sft.log").is_file()
 
     # the planner, over every training stage of the pipeline (a plan-level check of cpt, reward and ppo)
     plans = json.loads(run("plan", "--config", "configs/smollm2-135m/pipeline.yaml", "--json", cwd=work).stdout)

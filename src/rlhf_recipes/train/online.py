@@ -17,7 +17,6 @@ import torch
 from trl import GRPOConfig as TRLGRPOConfig
 from trl import RLOOConfig as TRLRLOOConfig
 
-from ..config import help_field as _help
 from ..errors import UserError
 from ..scoring import RewardScorer
 from .rl import OnlineRLArguments

@@ -1,4 +1,4 @@
-"""Online DPO, from TRL 1.12's `trl.experimental.online_dpo`: the only module of this project that imports it.
+"""Online DPO, from TRL 1.16's `trl.experimental.online_dpo`: the only module of this project that imports it.
 
 Each step the policy answers every prompt twice, the reward model (as a reward function through the one scoring
 path, train/online.py) picks the better answer, and the DPO loss pushes the policy towards it against the reference
