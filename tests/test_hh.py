@@ -431,29 +431,30 @@ def test_hh_pairs_longer_than_max_length_beyond_the_allowed_share_are_one_senten
                    "chosen": [{"role": "assistant", "content": "Safe."}],
                    "rejected": [{"role": "assistant", "content": "No."}]} for i in range(8)]  # fmt: skip
     (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in long_pairs))
-    with pytest.raises(
-        UserError,
-        match=r"6 of 8 training pairs in .*pairs \(75%\) are longer than max_length=128 "
+    reward_refuses(
+        tiny_model_path, tmp_path, folder,
+        r"6 of 8 training pairs in .*pairs \(75%\) are longer than max_length=128 "
         r"tokens .* raise max_length, or allow more with max_dropped_share",
-    ):
+        "--max_length", "128", "--eval_strategy", "no", "--lora_target_modules", TINY_TOP,
+    )  # fmt: skip
+
+
+def reward_refuses(model, tmp_path, dataset, match: str, *extra: str) -> None:
+    """The HH reward YAML's stage, on the tiny model, stops before training with one sentence matching `match`."""
+    with pytest.raises(UserError, match=match):
         stages.get("reward").run(
-            ["--config", str(RECIPE / "reward.yaml"), "--model_name_or_path", str(tiny_model_path), "--dataset_name",
-             str(folder), "--max_length", "128", "--eval_strategy", "no", "--output_dir", str(tmp_path / "out"),
-             "--lora_target_modules", TINY_TOP]
+            ["--config", str(RECIPE / "reward.yaml"), "--model_name_or_path", str(model), "--dataset_name",
+             str(dataset), "--output_dir", str(tmp_path / "out"), *extra]
         )  # fmt: skip
 
 
 def test_lora_targets_that_match_no_layer_of_the_model_are_one_sentence(tmp_path, tiny_model_path):
     """The HH reward YAML's regex names layers 20-29; on a 2-layer model it matches nothing: one sentence."""
-    with pytest.raises(
-        UserError,
-        match=r"lora_target_modules '.*2\[0-9\].*' \(one entry: a regex over module names\) "
+    reward_refuses(
+        tiny_model_path, tmp_path, REPO / "data" / "demo" / "preferences",
+        r"lora_target_modules '.*2\[0-9\].*' \(one entry: a regex over module names\) "
         r"matches no linear module of .*named like model.layers.0.self_attn.q_proj",
-    ):
-        stages.get("reward").run(
-            ["--config", str(RECIPE / "reward.yaml"), "--model_name_or_path", str(tiny_model_path), "--dataset_name",
-             str(REPO / "data" / "demo" / "preferences"), "--output_dir", str(tmp_path / "out")]
-        )  # fmt: skip
+    )  # fmt: skip
 
 
 def test_the_hacking_probes_count_refusals_and_a_repeated_phrase():
