@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -243,6 +244,43 @@ def test_demo_judge_separates_chosen_from_rejected():
     assert judge.judge(question, "Ugh, it is saffron yellow.")["rude"]
     assert judge.judge(question, "It is saffron yellow or maybe crimson.")["correct"] is False
     assert judge.judge([{"role": "user", "content": "What is 2 + 2?"}], "4") is None  # not a demo question
+
+
+def test_intervals_over_sampled_answers_resample_prompts_not_answers():
+    """Two answers to one prompt are not two independent draws: an answer repeated for every prompt must leave the
+    interval as it is with one answer per prompt (resampling answers would narrow it by ~sqrt(2))."""
+    from rlhf_recipes.evaluation.probes import mean_interval, paired_difference
+
+    rng = np.random.default_rng(0)
+    baseline, gain = rng.normal(0, 1, 40), rng.normal(0.3, 1, 40)
+    once = paired_difference(baseline + gain, baseline)
+    twice = paired_difference(np.repeat(baseline + gain, 2), np.repeat(baseline, 2), groups=np.arange(80) // 2)
+    naive = paired_difference(np.repeat(baseline + gain, 2), np.repeat(baseline, 2))
+    assert twice["difference"] == pytest.approx(once["difference"])
+    assert (twice["low"], twice["high"]) == pytest.approx((once["low"], once["high"]))
+    assert naive["high"] - naive["low"] < 0.8 * (once["high"] - once["low"])  # what the groups prevent
+    with pytest.raises(ValueError, match="3 group ids for 2 values"):
+        mean_interval([1.0, 2.0], groups=[0, 0, 1])
+
+
+def test_the_evaluations_judge_and_reward_gains_resample_prompts():
+    """comparison_results, which the targets read, gives the same interval for 40 prompts answered twice (the same
+    answer twice) as for the 40 answered once: it resamples prompts."""
+    from rlhf_recipes.evaluation.run import comparison_results
+
+    rng = np.random.default_rng(1)
+    base, tuned = rng.normal(0, 1, 40).tolist(), rng.normal(0.5, 1, 40).tolist()
+
+    def gains(k):
+        args = SimpleNamespace(samples_per_prompt=k, bootstrap_samples=2000, seed=0, prompt_dataset="p")
+        scores = {"rl": [x for x in tuned for _ in range(k)], "sft": [x for x in base for _ in range(k)]}
+        judged = {name: [{"score": x} for x in values] for name, values in scores.items()}
+        return {r["metric"]: (r["value"], r["low"], r["high"]) for r in comparison_results("rl", "sft", scores, judged, args)
+                if "low" in r}  # fmt: skip
+
+    once, twice = gains(1), gains(2)
+    assert set(once) == {"reward_gain", "judge_gain"}
+    assert twice == once
 
 
 def test_paired_difference_reports_size_and_interval():

@@ -209,7 +209,7 @@ def generate(seed: int = 0) -> dict[str, list[dict]]:
         "preferences/train.jsonl": _unique(lambda _: _preference(rng, TRAIN_QUESTIONS), 300),
         "preferences/test.jsonl": _unique(lambda _: _preference(rng, TEST_QUESTIONS), 80),
         "prompts/train.jsonl": _unique(lambda _: _prompt(rng, TRAIN_QUESTIONS), 200),
-        "prompts/test.jsonl": _unique(lambda _: _prompt(rng, TEST_QUESTIONS), 50, exclude=qa_prompts),
+        "prompts/test.jsonl": _unique(lambda _: _prompt(rng, TEST_QUESTIONS), 100, exclude=qa_prompts),
         "qa/test.jsonl": qa_test,
     }
     for name in ("cpt", "sft", "preferences", "prompts"):  # held-out splits never share a record with training

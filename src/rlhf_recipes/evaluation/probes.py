@@ -8,22 +8,39 @@ import re
 import numpy as np
 
 
-def mean_interval(values, samples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean and its 95% bootstrap interval (percentile method)."""
+def mean_interval(values, samples: int = 2000, seed: int = 0, groups=None) -> tuple[float, float, float]:
+    """Mean and its 95% bootstrap interval (percentile method). With `groups` (one id per value: the prompt a sampled
+    answer came from) the values are averaged within each group first and the groups are resampled, not the values:
+    two answers to one prompt are not two independent draws, and resampling them alone would narrow the interval."""
     from scipy.stats import bootstrap
 
-    values = np.asarray(values, dtype=float)
+    values = cluster_means(values, groups)
     if len(values) < 2 or np.all(values == values[0]):
         return float(values.mean()) if len(values) else math.nan, float("nan"), float("nan")
     result = bootstrap((values,), np.mean, n_resamples=samples, method="percentile", random_state=seed)
     return float(values.mean()), float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def paired_difference(treated, baseline, samples: int = 2000, seed: int = 0) -> dict:
+def cluster_means(values, groups=None) -> np.ndarray:
+    """`values` averaged within each group, in the order the groups first appear (the values as they are without
+    `groups`, or when every group holds one value)."""
+    values = np.asarray(values, dtype=float)
+    if groups is None:
+        return values
+    if len(groups) != len(values):
+        raise ValueError(f"{len(groups)} group ids for {len(values)} values")
+    members: dict = {}
+    for group, value in zip(groups, values):
+        members.setdefault(group, []).append(value)
+    return np.asarray([np.mean(v) for v in members.values()], dtype=float)
+
+
+def paired_difference(treated, baseline, samples: int = 2000, seed: int = 0, groups=None) -> dict:
     """Mean of treated - baseline over paired items (same prompt, same sampling seed), its 95% paired bootstrap
-    interval, and the effect size in units of the baseline's standard deviation."""
+    interval (over prompts when `groups` says which prompt each item answers: see mean_interval), and the effect
+    size in units of the baseline's standard deviation (over answers)."""
     treated, baseline = np.asarray(treated, dtype=float), np.asarray(baseline, dtype=float)
-    difference, low, high = mean_interval(treated - baseline, samples, seed)
+    difference, low, high = mean_interval(treated - baseline, samples, seed, groups)
     spread = float(baseline.std(ddof=1)) if len(baseline) > 1 else math.nan
     return {
         "difference": difference,

@@ -276,13 +276,19 @@ def check_skip(args: EvaluationArguments, described: dict) -> set[tuple[str, str
     return skipped
 
 
+def prompt_ids(count: int, args) -> list[int]:
+    """Which held-out prompt each of `count` sampled answers answers (`samples_per_prompt` in a row each): the unit
+    every interval over sampled answers resamples."""
+    return [i // args.samples_per_prompt for i in range(count)]
+
+
 def kl_results(name: str, model: LoadedModel, baseline: LoadedModel, answers, args) -> list[dict]:
     """KL(model || baseline) estimated on the model's own samples (k1, float32 log-probs at the sampling temperature)."""
     own = model.answer_logprobs(answers, args.temperature, args.batch_size)
     base = baseline.answer_logprobs(answers, args.temperature, args.batch_size)
     per_answer = [sum(o) - sum(b) for o, b in zip(own, base)]
     tokens = sum(len(o) for o in own)
-    mean, low, high = mean_interval(per_answer, args.bootstrap_samples, args.seed)
+    mean, low, high = mean_interval(per_answer, args.bootstrap_samples, args.seed, prompt_ids(len(per_answer), args))
     return [
         _result(name, "held-out-prompts", args.prompt_dataset, "kl_to_baseline", mean, low, high, len(per_answer)),
         _result(name, "held-out-prompts", args.prompt_dataset, "kl_per_token", sum(per_answer) / max(tokens, 1)),
@@ -312,13 +318,15 @@ def sample_results(name: str, answers, rewards, judged, args) -> list[dict]:
         {**_result(name, "held-out-prompts", dataset, "common_phrase_share", phrase_share), "phrase": phrase},
     ]
     if rewards is not None:
-        mean, low, high = mean_interval(rewards, args.bootstrap_samples, args.seed)
+        mean, low, high = mean_interval(rewards, args.bootstrap_samples, args.seed, prompt_ids(len(rewards), args))
         out.append(_result(name, "held-out-prompts", dataset, "mean_reward", mean, low, high, len(rewards)))
         out.append(_result(name, "held-out-prompts", dataset, "reward_length_corr", correlation(rewards, lengths)))
     if judged:
-        scores = [j["score"] for j in judged if j is not None]
+        kept = [(i, j["score"]) for i, j in enumerate(judged) if j is not None]
+        scores = [score for _, score in kept]
         if scores:
-            mean, low, high = mean_interval(scores, args.bootstrap_samples, args.seed)
+            groups = [i // args.samples_per_prompt for i, _ in kept]
+            mean, low, high = mean_interval(scores, args.bootstrap_samples, args.seed, groups)
             out.append(_result(name, "held-out-prompts", dataset, "judge_score", mean, low, high, len(scores)))
             for flag in ("correct", "evasive", "rude"):
                 flags = [j[flag] for j in judged if j is not None and flag in j]
@@ -332,7 +340,8 @@ def comparison_results(name: str, baseline: str, scores, judged, args) -> list[d
     out = []
     task = f"vs-{baseline}"
     if name in scores and baseline in scores:
-        diff = paired_difference(scores[name], scores[baseline], args.bootstrap_samples, args.seed)
+        groups = prompt_ids(len(scores[name]), args)
+        diff = paired_difference(scores[name], scores[baseline], args.bootstrap_samples, args.seed, groups)
         out.append(
             _result(
                 name,
@@ -347,9 +356,11 @@ def comparison_results(name: str, baseline: str, scores, judged, args) -> list[d
         )
         out.append(_result(name, task, args.prompt_dataset, "reward_effect_size", diff["effect_size"]))
     if name in judged and baseline in judged:
-        pairs = [(a["score"], b["score"]) for a, b in zip(judged[name], judged[baseline]) if a and b]
+        pairs = [(i, a["score"], b["score"]) for i, (a, b) in enumerate(zip(judged[name], judged[baseline])) if a and b]
         if pairs:
-            diff = paired_difference([a for a, _ in pairs], [b for _, b in pairs], args.bootstrap_samples, args.seed)
+            treated, baseline_scores = [a for _, a, _ in pairs], [b for _, _, b in pairs]
+            groups = [i // args.samples_per_prompt for i, _, _ in pairs]
+            diff = paired_difference(treated, baseline_scores, args.bootstrap_samples, args.seed, groups)
             out.append(
                 _result(
                     name,
