@@ -283,6 +283,18 @@ def test_the_evaluations_judge_and_reward_gains_resample_prompts():
     assert twice == once
 
 
+def test_the_evaluation_says_how_much_its_judge_follows_length():
+    """judge_length_corr: a judge that scores short answers higher turns RL's shorter answers into a gain; the
+    evaluation reports the correlation beside the reward model's (here exactly -1: the score falls with length)."""
+    from rlhf_recipes.evaluation.run import sample_results
+
+    answers = [SimpleNamespace(answer_ids=[0] * n, ended=True, text=f"answer {n}") for n in (5, 10, 20, 40)]
+    judged = [{"score": -n / 10} for n in (5, 10, 20, 40)]
+    args = SimpleNamespace(samples_per_prompt=2, bootstrap_samples=200, seed=0, prompt_dataset="p")
+    found = {r["metric"]: r["value"] for r in sample_results("rl", answers, None, judged, args)}
+    assert found["judge_length_corr"] == pytest.approx(-1.0)
+
+
 def test_paired_difference_reports_size_and_interval():
     from rlhf_recipes.evaluation.probes import paired_difference
 

@@ -19,6 +19,7 @@ COMPARISON_COLUMNS = (  # (metric, heading)
     ("refusal_share", "refusals"),
     ("common_phrase_share", "most common 4 words' share"),
     ("reward_length_corr", "reward-length corr."),
+    ("judge_length_corr", "judge-length corr."),
 )
 
 

@@ -155,7 +155,8 @@ def evaluate_models(args: EvaluationArguments) -> dict:
     sample_prompts = [p for p in prompts for _ in range(args.samples_per_prompt)]
     perplexity, accuracy = load_metric("token_perplexity"), load_metric("domain_accuracy")
     results, greedy, sampled, kept = [], {}, {}, {}
-    counts = {"text": len(texts), "qa": len(qa), "prompts": len(prompts), "sampled_answers": len(sample_prompts)}
+    counts = {"text": len(texts), "qa": len(qa["question"]), "prompts": len(prompts)}  # qa: a dict when not given
+    counts["sampled_answers"] = len(sample_prompts)
 
     skipped = check_skip(args, described)
     for task, dataset in (("held-out-perplexity", args.text_dataset), ("domain-qa", args.qa_dataset)):
@@ -328,6 +329,9 @@ def sample_results(name: str, answers, rewards, judged, args) -> list[dict]:
             groups = [i // args.samples_per_prompt for i, _ in kept]
             mean, low, high = mean_interval(scores, args.bootstrap_samples, args.seed, groups)
             out.append(_result(name, "held-out-prompts", dataset, "judge_score", mean, low, high, len(scores)))
+            # a judge that favours short (or long) answers turns a length change into a gain: say how much it does
+            judged_lengths = [lengths[i] for i, _ in kept]
+            out.append(_result(name, "held-out-prompts", dataset, "judge_length_corr", correlation(scores, judged_lengths)))
             for flag in ("correct", "evasive", "rude"):
                 flags = [j[flag] for j in judged if j is not None and flag in j]
                 if flags:
