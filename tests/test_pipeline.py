@@ -144,6 +144,17 @@ def test_a_stale_output_is_set_aside_only_when_the_stage_made_it_and_so_is_an_ol
     assert (out / "b.stale" / "precious.txt").read_text() == "user data" and (out / "b" / "done").read_text() == "1"
 
 
+def test_a_folder_this_pipeline_made_without_a_run_id_is_still_its_own(fake_pipeline):
+    """Before the warm launcher passed the environment on, every stage it forked marked its folder `run: null`, and
+    the next `make demo` after a change refused the pipeline's own data folder; a folder of the right stage that the
+    manifest lists is this pipeline's, and is set aside as any stale output is."""
+    run, out = fake_pipeline
+    run()
+    (out / "b" / ".rlhf-recipes").write_text('{"written_by": "fake", "run": null}')
+    assert run(b__value="2") == ["b", "c"]
+    assert (out / "b.stale" / "done").read_text() == "1" and (out / "b" / "done").read_text() == "2"
+
+
 def test_a_comment_in_a_stage_config_does_not_rerun_it(tmp_path):
     config = tmp_path / "sft.yaml"
     config.write_text("learning_rate: 1.0e-4  # a comment\n")
@@ -272,25 +283,32 @@ def test_resume_passes_over_a_checkpoint_cut_off_while_saving(tmp_path):
 
 def test_the_warm_launcher_runs_a_script_as_python_would_with_its_output_and_exit_code(tmp_path):
     """Stages forked from the launcher: output streamed to the log (the launcher's marker never shows), `[progress]`
-    lines reported, the script's own folder first on sys.path, exit codes (0, 3, an uncaught error) passed on."""
+    lines reported, the script's own folder first on sys.path, the environment as it is when the stage starts (the
+    pipeline's run id is set after the launcher started: every marker said `run: null` and the next `make demo`
+    refused its own folders), exit codes (0, 3, an uncaught error) passed on."""
     from rlhf_recipes.pipeline.launcher import MARKER, StageProcesses
 
     script = tmp_path / "stage.py"
     script.write_text(
-        "import sys\nprint('argv', sys.argv[1:], 'path0', sys.path[0])\n"
+        "import os, sys\nprint('argv', sys.argv[1:], 'path0', sys.path[0], 'run', os.environ.get('PIPELINE_TEST_RUN'))\n"
         "print('[progress] stage=x step=1/2 elapsed=1.0 eta=1.0', flush=True)\n"
         "if sys.argv[1] == 'boom':\n    raise RuntimeError('a bug')\nsys.exit(int(sys.argv[1]))\n"
     )
     processes, seen = StageProcesses(warm=True), []
+    os.environ.pop("PIPELINE_TEST_RUN", None)
+    processes.run([sys.executable, str(script), "0"], tmp_path / "started.log", lambda *a: None)  # launcher started
+    os.environ["PIPELINE_TEST_RUN"] = "r1"  # set after the launcher started, as the pipeline sets its run id
     try:
         codes = [processes.run([sys.executable, str(script), arg], tmp_path / f"{arg}.log", lambda *a: seen.append(a))
                  for arg in ("0", "3", "boom")]  # fmt: skip
         pid = processes.launcher.pid
     finally:
         processes.close()
+        os.environ.pop("PIPELINE_TEST_RUN", None)
     assert codes == [0, 3, 1]
+    assert b"run None" in (tmp_path / "started.log").read_bytes()
     log = (tmp_path / "3.log").read_bytes()
-    assert f"argv ['3'] path0 {tmp_path}".encode() in log and MARKER not in log
+    assert f"argv ['3'] path0 {tmp_path} run r1".encode() in log and MARKER not in log
     assert b"RuntimeError: a bug" in (tmp_path / "boom.log").read_bytes()
     assert seen == [("x", "1", "2", "1.0", "1.0")] * 3
     assert not Path(f"/proc/{pid}").exists(), "the launcher exits when the pipeline closes it"

@@ -157,7 +157,9 @@ class StageProcesses:
             _ready(self.launcher)
         if self.warm:
             proc = self.launcher
-            proc.stdin.write((json.dumps({"argv": argv}) + "\n").encode())
+            # the environment as it is now, not as it was when the launcher started (before the pipeline set its
+            # run id, fs.RUN_ENV): a forked stage sees what a fresh `python recipes/...` would
+            proc.stdin.write((json.dumps({"argv": argv, "env": os_environ()}) + "\n").encode())
             proc.stdin.flush()
         else:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os_environ())
@@ -218,11 +220,14 @@ def main() -> None:
     out.write(MARKER + b" ready\n")
     out.flush()
     for line in sys.stdin:
-        argv = json.loads(line)["argv"]
+        request = json.loads(line)
         out.flush()
         child = os.fork()
         if child == 0:
-            code = _run_child(argv)
+            if "env" in request:
+                os.environ.clear()
+                os.environ.update(request["env"])
+            code = _run_child(request["argv"])
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
