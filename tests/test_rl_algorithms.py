@@ -265,3 +265,17 @@ def test_vllm_is_refused_in_one_sentence_on_a_cpu(tmp_path, sft_and_reward):
     with pytest.raises(UserError, match="use_vllm: true generates with vLLM, which needs a CUDA GPU"):
         stages.get("grpo").run(argv)
     assert not (tmp_path / "grpo" / "lineage.json").exists()
+
+
+def test_a_zero_loss_with_a_gradient_is_learning_and_without_one_is_refused():
+    """RLOO's logged loss is exactly 0 at every step when each group's answers have equal lengths (the bf16 tiny
+    model always runs to the length limit): its gradient is not, so the run is finished. No gradient at all is not."""
+    from rlhf_recipes.errors import UserError
+    from rlhf_recipes.train.common import check_learned
+
+    def trainer(*logs):
+        return SimpleNamespace(state=SimpleNamespace(global_step=len(logs), log_history=list(logs)))
+
+    check_learned(trainer({"loss": 0.0, "grad_norm": 0.24}, {"loss": 0.0, "grad_norm": 0.05}), "rloo")
+    with pytest.raises(UserError, match="sft's training loss was exactly 0 at every step"):
+        check_learned(trainer({"loss": 0.0, "grad_norm": 0.0}, {"loss": 0.0}), "sft")

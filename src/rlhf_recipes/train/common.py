@@ -135,8 +135,10 @@ def check_learned(trainer, stage_name: str) -> None:
             f"{stage_name} trained no optimizer step (no batch was formed from the data); it is not marked finished. "
             "Check the data size against the batch size, max_steps and num_train_epochs."
         )
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    if losses and all(loss == 0 for loss in losses):
+    # a zero loss with a gradient is learning: RLOO's and GRPO's policy loss is exactly 0 at the ratio 1 when a group's
+    # answers have equal lengths (advantages sum to 0 per group), while the gradient of that loss is not
+    logged = [e for e in trainer.state.log_history if "loss" in e]
+    if logged and all(e["loss"] == 0 and not e.get("grad_norm") for e in logged):
         raise UserError(
             f"{stage_name}'s training loss was exactly 0 at every step: no token carried a loss (check max_length and "
             "the data); it is not marked finished."
