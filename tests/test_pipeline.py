@@ -153,6 +153,12 @@ def test_a_folder_this_pipeline_made_without_a_run_id_is_still_its_own(fake_pipe
     (out / "b" / ".rlhf-recipes").write_text('{"written_by": "fake", "run": null}')
     assert run(b__value="2") == ["b", "c"]
     assert (out / "b.stale" / "done").read_text() == "1" and (out / "b" / "done").read_text() == "2"
+    manifest = json.loads((out / "pipeline_manifest.json").read_text())
+    manifest["stages"]["c"]["status"] = "running"  # interrupted: resumed in place, in a folder marked with no run
+    (out / "pipeline_manifest.json").write_text(json.dumps(manifest))
+    (out / "c" / ".rlhf-recipes").write_text('{"written_by": "fake", "run": null}')
+    assert run(b__value="2") == ["c"]
+    assert fs.owner(out / "c").run == fs.pipeline_run(out), "adopted into this pipeline's run"
 
 
 def test_a_comment_in_a_stage_config_does_not_rerun_it(tmp_path):

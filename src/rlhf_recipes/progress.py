@@ -93,13 +93,14 @@ class PipelineClock:
         return time.time() - self.started
 
     @property
+    def drift(self) -> float:
+        """Finished stages' measured seconds over their forecast seconds (1 before any has finished)."""
+        return sum(m for _, m in self.finished) / sum(f for f, _ in self.finished) if self.finished else 1.0
+
+    @property
     def scale(self) -> float | None:
-        """Seconds per expected second: the machine factor, times finished stages' measured / forecast seconds."""
-        if self.machine_factor is None:
-            return None
-        if not self.finished:
-            return self.machine_factor
-        return self.machine_factor * sum(m for _, m in self.finished) / sum(f for f, _ in self.finished)
+        """Seconds per expected second: the machine factor times the drift."""
+        return None if self.machine_factor is None else self.machine_factor * self.drift
 
     def left_after(self, run) -> float | None:
         """The later stages' expected seconds, scaled by the machine's measured rate and by how the finished stages
@@ -134,8 +135,7 @@ class PipelineClock:
         seconds = round(time.time() - self.stage_started, 1)
         if self.machine_factor is not None and run.expected_seconds and seconds >= 60:
             self.finished.append((run.expected_seconds * self.machine_factor, seconds))
-            ratio = sum(m for _, m in self.finished) / sum(f for f, _ in self.finished)
-            if self.remaining and not 0.8 <= ratio <= 1.25:
-                print(f"━━ the stages so far took {ratio:.1f}x their forecast: the later stages' forecasts are scaled "
+            if self.remaining and not 0.8 <= self.drift <= 1.25:
+                print(f"━━ the stages so far took {self.drift:.1f}x their forecast: the later stages' forecasts are scaled "
                       "by it", flush=True)  # fmt: skip
         return seconds

@@ -22,17 +22,14 @@ def mean_interval(values, samples: int = 2000, seed: int = 0, groups=None) -> tu
 
 
 def cluster_means(values, groups=None) -> np.ndarray:
-    """`values` averaged within each group, in the order the groups first appear (the values as they are without
-    `groups`, or when every group holds one value)."""
+    """`values` averaged within each group (the values as they are without `groups`)."""
     values = np.asarray(values, dtype=float)
     if groups is None:
         return values
     if len(groups) != len(values):
         raise ValueError(f"{len(groups)} group ids for {len(values)} values")
-    members: dict = {}
-    for group, value in zip(groups, values):
-        members.setdefault(group, []).append(value)
-    return np.asarray([np.mean(v) for v in members.values()], dtype=float)
+    _, member_of = np.unique(np.asarray(groups), return_inverse=True)
+    return np.bincount(member_of, weights=values) / np.bincount(member_of)
 
 
 def paired_difference(treated, baseline, samples: int = 2000, seed: int = 0, groups=None) -> dict:

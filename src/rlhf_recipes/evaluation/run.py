@@ -326,12 +326,13 @@ def sample_results(name: str, answers, rewards, judged, args) -> list[dict]:
         kept = [(i, j["score"]) for i, j in enumerate(judged) if j is not None]
         scores = [score for _, score in kept]
         if scores:
-            groups = [i // args.samples_per_prompt for i, _ in kept]
-            mean, low, high = mean_interval(scores, args.bootstrap_samples, args.seed, groups)
+            prompt_of = prompt_ids(len(judged), args)
+            mean, low, high = mean_interval(scores, args.bootstrap_samples, args.seed, [prompt_of[i] for i, _ in kept])
             out.append(_result(name, "held-out-prompts", dataset, "judge_score", mean, low, high, len(scores)))
             # a judge that favours short (or long) answers turns a length change into a gain: say how much it does
             judged_lengths = [lengths[i] for i, _ in kept]
-            out.append(_result(name, "held-out-prompts", dataset, "judge_length_corr", correlation(scores, judged_lengths)))
+            judge_length = correlation(scores, judged_lengths)
+            out.append(_result(name, "held-out-prompts", dataset, "judge_length_corr", judge_length))
             for flag in ("correct", "evasive", "rude"):
                 flags = [j[flag] for j in judged if j is not None and flag in j]
                 if flags:
@@ -360,10 +361,13 @@ def comparison_results(name: str, baseline: str, scores, judged, args) -> list[d
         )
         out.append(_result(name, task, args.prompt_dataset, "reward_effect_size", diff["effect_size"]))
     if name in judged and baseline in judged:
-        pairs = [(i, a["score"], b["score"]) for i, (a, b) in enumerate(zip(judged[name], judged[baseline])) if a and b]
+        pairs = [
+            (i, a["score"], b["score"]) for i, (a, b) in enumerate(zip(judged[name], judged[baseline])) if a and b
+        ]
         if pairs:
             treated, baseline_scores = [a for _, a, _ in pairs], [b for _, _, b in pairs]
-            groups = [i // args.samples_per_prompt for i, _, _ in pairs]
+            prompt_of = prompt_ids(len(judged[name]), args)
+            groups = [prompt_of[i] for i, _, _ in pairs]
             diff = paired_difference(treated, baseline_scores, args.bootstrap_samples, args.seed, groups)
             out.append(
                 _result(

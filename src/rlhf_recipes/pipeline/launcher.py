@@ -224,9 +224,8 @@ def main() -> None:
         out.flush()
         child = os.fork()
         if child == 0:
-            if "env" in request:
-                os.environ.clear()
-                os.environ.update(request["env"])
+            os.environ.clear()
+            os.environ.update(request["env"])
             code = _run_child(request["argv"])
             sys.stdout.flush()
             sys.stderr.flush()

@@ -51,12 +51,14 @@ class Manifest:
         fs.atomic_write_json(self.path, {"stages": self.stages})
 
 
-def _adopt(folder: Path, stage: str, run: str) -> None:
-    """Give this run's id to a folder of `stage` whose marker names no run: before the warm launcher passed the
-    environment on, every stage it forked wrote `run: null`, and the next run of the same pipeline refused them."""
-    found = fs.owner(folder) if folder.is_dir() else None
-    if found is not None and not found.legacy and found.run is None and found.stage == fs.stage_name(stage):
-        fs.mark(folder, stage, run)
+def adopt(output: Path, stage: str) -> None:
+    """Give this run's id to the output of a stage the manifest lists (and its `.stale` copy) when its marker names
+    no run: before the warm launcher passed the environment on, every stage it forked wrote `run: null`, and the next
+    run of the same pipeline refused its own folders (to set aside, or to resume an interrupted stage in)."""
+    for folder in (output, output.with_name(output.name + ".stale")):
+        found = fs.owner(folder) if folder.is_dir() else None
+        if found is not None and not found.legacy and found.run is None and found.stage == fs.stage_name(stage):
+            fs.mark(folder, stage, os.environ[fs.RUN_ENV])
 
 
 def set_aside(output: Path, stage: str) -> None:
@@ -65,10 +67,8 @@ def set_aside(output: Path, stage: str) -> None:
     Both are checked as every folder a stage replaces is (`fs.check_output_folder`): the `stage` stage's own, made in
     this pipeline run, holding no store and no other stage's output; anything else is refused in one sentence."""
     run = os.environ[fs.RUN_ENV]
-    stale = output.with_name(output.name + ".stale")
-    for folder in (output, stale):  # the caller found this stage in the manifest: this pipeline made the folder
-        _adopt(folder, stage, run)
     fs.check_output_folder(output, "output", f"of stage '{stage}'", what=stage, replace=True, run=run)
+    stale = output.with_name(output.name + ".stale")
     if stale.exists():
         fs.check_output_folder(
             stale, "output", f"(the earlier copy of stage '{stage}')", what=stage, replace=True, run=run

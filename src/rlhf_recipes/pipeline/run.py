@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .. import fs
 from ..errors import UserError
-from .manifest import Manifest, set_aside, stage_hash
+from .manifest import Manifest, adopt, set_aside, stage_hash
 from .spec import PipelineConfig, StageRun, command
 
 
@@ -52,6 +52,8 @@ def _run_stages(config, only, force, manifest, clock, processes) -> list[dict]:
             clock.skipped(run)
             continue
         print(f"{banner} · {clock.forecast(run)}\n   {' '.join(command(config, run))}", flush=True)
+        if entry:
+            adopt(output, run.stage)  # this pipeline made it, perhaps before stages got its run id
         if output.exists() and entry.get("hash") != digest:
             if not entry:
                 raise UserError(
