@@ -101,3 +101,39 @@ def test_the_auto_override_sets_what_auto_chooses_and_keeps_the_hardware_true(mo
     monkeypatch.setenv(precision.AUTO_ENV, "maybe")
     with pytest.raises(ValueError, match="RLHF_RECIPES_AUTO_BF16 must be true or false \\(got 'maybe'\\)"):
         precision.resolve("auto")
+
+
+def test_a_reward_model_on_bf16_weights_trains_and_saves_its_score_head_in_float32(tmp_path, tiny_model_path):
+    """`dtype: compute` puts the frozen weights in bf16 where bf16 is chosen; peft copies the new `score` head in the
+    base's bf16, where AdamW's small steps round away. The trainer keeps it in float32, and its inputs are cast to it,
+    so the run works without autocast too (`--bf16 false` here: bf16 weights, float32 head)."""
+    from safetensors import safe_open
+
+    from rlhf_recipes import stages
+
+    out = tmp_path / "reward"
+    stages.get("reward").run(
+        ["--config", str(CONFIGS / "reward.yaml"), "--model_name_or_path", str(tiny_model_path),
+         "--output_dir", str(out), "--dtype", "bfloat16", "--bf16", "false", "--max_steps", "2",
+         "--per_device_train_batch_size", "2", "--save_strategy", "no", "--eval_strategy", "no"]
+    )  # fmt: skip
+    with safe_open(out / "adapter_model.safetensors", "pt") as saved:
+        dtypes = {name: saved.get_tensor(name).dtype for name in saved.keys()}
+    assert any(name.endswith("score.weight") for name in dtypes) and set(dtypes.values()) == {torch.float32}
+
+
+def test_only_trained_non_lora_modules_of_a_bf16_base_are_put_in_float32(tiny_model_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification, TrainingArguments
+
+    from rlhf_recipes.train.reward import float32_trained_heads
+
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_model_path, num_labels=1, dtype=torch.bfloat16)
+    model = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["q_proj"]))
+    cast = float32_trained_heads(model, TrainingArguments(output_dir="unused", use_cpu=True))
+    assert cast == ["base_model.model.score.modules_to_save.default"]
+    trained = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    assert set(trained.values()) == {torch.float32} and frozen == {torch.bfloat16}
+    hidden = torch.randn(1, 3, base.config.hidden_size, dtype=torch.bfloat16)
+    assert model.base_model.model.score(hidden).dtype == torch.float32  # bf16 inputs meet the float32 head

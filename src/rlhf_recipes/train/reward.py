@@ -174,6 +174,10 @@ class PromptGroupedBatchSampler(BatchRebalanceSampler):
 
 
 class RewardTrainer(_TRLRewardTrainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        float32_trained_heads(self.model, self.args)
+
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset  # the prepared one: TRL's length filter already applied, `group` still there
         if self.args.group_by_prompt and "group" in getattr(dataset, "column_names", ()):
@@ -201,6 +205,33 @@ class RewardTrainer(_TRLRewardTrainer):
             self._eval_outcomes = []
             return
         super().log(logs, start_time)
+
+
+def float32_trained_heads(model, args) -> list[str]:
+    """With frozen weights in bfloat16 (`dtype: compute` where bf16 is chosen) peft keeps the LoRA matrices in
+    float32 but copies the new `score` head in the base's bfloat16, where AdamW's small updates round away; every
+    trained module that is not a LoRA layer is put in float32 (scoring_models.float32_head). Not on a quantized base,
+    where TRL keeps QLoRA's trained parts in bfloat16 on purpose, nor under DeepSpeed ZeRO-3, which needs one dtype
+    (TRL's own rule). Returns the names of the modules cast."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from .scoring_models import float32_head
+
+    plugin = getattr(args, "deepspeed_plugin", None)
+    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+    if quantized or (plugin is not None and plugin.zero_stage == 3):
+        return []
+    cast = []
+    for name, module in model.named_modules():
+        own = list(module.parameters(recurse=False))
+        if isinstance(module, BaseTunerLayer) or not any(p.requires_grad for p in own):
+            continue
+        if any(p.dtype in (torch.bfloat16, torch.float16) for p in own) and hasattr(module, "weight"):
+            float32_head(module)
+            cast.append(name)
+    if cast:
+        logger.info("trained heads kept in float32 on the %s base: %s", model.dtype, ", ".join(cast))
+    return cast
 
 
 def held_out_accuracy(outcomes) -> dict:

@@ -72,6 +72,14 @@ def add_value_adapter(value_model, peft_config):
     config.modules_to_save = None  # the policy's extra modules (e.g. lm_head) do not exist here; `score` is handled
     inject_adapter_in_model(config, value_model)
     cast_adapter_dtype(value_model, "default")
-    score = value_model.score.float().requires_grad_(True)
-    score.register_forward_pre_hook(lambda module, args: tuple(a.to(module.weight.dtype) for a in args))
+    float32_head(value_model.score.requires_grad_(True))
     return value_model
+
+
+def float32_head(head: torch.nn.Module) -> torch.nn.Module:
+    """Keep a trained head (a `score` layer) in float32 on a bfloat16 base, in place: a bfloat16 weight cannot take
+    the updates of a small learning rate. Its inputs are cast to its weights' dtype, so it runs outside autocast too
+    (under autocast the matmul still computes in bf16, as the layers below it)."""
+    head.float()
+    head.register_forward_pre_hook(lambda module, args: tuple(a.to(module.weight.dtype) for a in args))
+    return head
