@@ -275,11 +275,12 @@ def test_the_evaluations_judge_and_reward_gains_resample_prompts():
         args = SimpleNamespace(samples_per_prompt=k, bootstrap_samples=2000, seed=0, prompt_dataset="p")
         scores = {"rl": [x for x in tuned for _ in range(k)], "sft": [x for x in base for _ in range(k)]}
         judged = {name: [{"score": x} for x in values] for name, values in scores.items()}
-        return {r["metric"]: (r["value"], r["low"], r["high"]) for r in comparison_results("rl", "sft", scores, judged, args)
-                if "low" in r}  # fmt: skip
+        lengths = {"rl": [10 + i // k % 7 for i in range(40 * k)], "sft": [10 + i // k % 5 for i in range(40 * k)]}
+        results = comparison_results("rl", "sft", scores, judged, lengths, args)
+        return {r["metric"]: (r["value"], r["low"], r["high"]) for r in results if "low" in r}
 
     once, twice = gains(1), gains(2)
-    assert set(once) == {"reward_gain", "judge_gain"}
+    assert set(once) == {"reward_gain", "judge_gain", "judge_gain_equal_length"}
     assert twice == once
 
 
@@ -293,6 +294,31 @@ def test_the_evaluation_says_how_much_its_judge_follows_length():
     args = SimpleNamespace(samples_per_prompt=2, bootstrap_samples=200, seed=0, prompt_dataset="p")
     found = {r["metric"]: r["value"] for r in sample_results("rl", answers, None, judged, args)}
     assert found["judge_length_corr"] == pytest.approx(-1.0)
+
+
+def test_a_gain_bought_by_shortening_vanishes_at_equal_length_and_a_real_one_stays():
+    """gain_at_equal_length: a judge that pays -0.02 per token (seen on the baseline's own answers) and a policy that
+    only got 20 tokens shorter gain 0.4 raw and 0 at equal length; a policy that is better by 0.3 at every length keeps
+    0.3; with its lengths unchanged the adjustment changes nothing (the raw paired gain)."""
+    from rlhf_recipes.evaluation.probes import gain_at_equal_length, paired_difference
+
+    rng = np.random.default_rng(2)
+    base_lengths = rng.integers(20, 64, 120)
+    quality = rng.normal(0, 0.2, 120)
+
+    def judge(lengths, bonus=0.0):
+        return quality + bonus - 0.02 * lengths
+
+    shorter = base_lengths - 20
+    groups = np.arange(120) // 2
+    hack = gain_at_equal_length(judge(shorter), judge(base_lengths), shorter, base_lengths, groups=groups)
+    assert paired_difference(judge(shorter), judge(base_lengths))["difference"] == pytest.approx(0.4)
+    assert hack["slope"] == pytest.approx(-0.02, abs=0.005) and abs(hack["difference"]) < 0.1
+    assert hack["low"] < 0 < hack["high"]
+    real = gain_at_equal_length(judge(shorter, 0.3), judge(base_lengths), shorter, base_lengths, groups=groups)
+    assert real["difference"] == pytest.approx(0.3, abs=0.1) and real["low"] > 0
+    same = gain_at_equal_length(judge(base_lengths, 0.3), judge(base_lengths), base_lengths, base_lengths)
+    assert same["difference"] == pytest.approx(0.3)
 
 
 def test_paired_difference_reports_size_and_interval():

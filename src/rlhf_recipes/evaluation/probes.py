@@ -49,6 +49,40 @@ def paired_difference(treated, baseline, samples: int = 2000, seed: int = 0, gro
     }
 
 
+def gain_at_equal_length(treated, baseline, treated_lengths, baseline_lengths, samples=2000, seed=0, groups=None):
+    """The paired gain with the grader's taste for length taken out: each pair's difference less `slope` x the pair's
+    length difference, where `slope` is the least-squares slope of the baseline's own scores on their lengths (what the
+    grader pays per token when no training changed the answers). A policy that only got shorter (or longer) for a
+    grader that favours it gains nothing here. The 95% interval resamples prompts (`groups`) and refits the slope in
+    every resample (scipy's bootstrap over prompt indices). A baseline of one length has no slope: 0 is used.
+    Returns {"difference", "low", "high", "slope", "n"}."""
+    from scipy.stats import bootstrap
+
+    treated, baseline = np.asarray(treated, dtype=float), np.asarray(baseline, dtype=float)
+    treated_lengths, baseline_lengths = np.asarray(treated_lengths, float), np.asarray(baseline_lengths, float)
+    _, member_of = np.unique(np.asarray(range(len(treated)) if groups is None else groups), return_inverse=True)
+    members = [np.flatnonzero(member_of == g) for g in range(member_of.max() + 1)] if len(treated) else []
+
+    def slope_of(rows) -> float:
+        x = baseline_lengths[rows]
+        return 0.0 if np.ptp(x) == 0 else float(np.polyfit(x, baseline[rows], 1)[0])
+
+    def adjusted(chosen) -> float:
+        rows = np.concatenate([members[int(g)] for g in chosen])
+        change = treated[rows] - baseline[rows] - slope_of(rows) * (treated_lengths[rows] - baseline_lengths[rows])
+        return float(change.mean())
+
+    everything = np.arange(len(members))
+    found = {"difference": adjusted(everything) if len(members) else math.nan, "low": math.nan, "high": math.nan}
+    found |= {"slope": slope_of(np.arange(len(treated))) if len(treated) else math.nan, "n": int(len(treated))}
+    if len(members) >= 2:
+        result = bootstrap(
+            (everything,), adjusted, n_resamples=samples, method="percentile", random_state=seed, vectorized=False
+        )
+        found |= {"low": float(result.confidence_interval.low), "high": float(result.confidence_interval.high)}
+    return found
+
+
 def correlation(x, y) -> float:
     """Pearson correlation (nan when either side is constant)."""
     from scipy.stats import pearsonr

@@ -12,6 +12,7 @@ COMPARISON_COLUMNS = (  # (metric, heading)
     ("reward_effect_size", "reward gain / baseline SD"),
     ("judge_score", "judge score (95% CI)"),
     ("judge_gain", "judge gain (95% CI)"),
+    ("judge_gain_equal_length", "judge gain at equal length (95% CI)"),
     ("kl_per_token", "KL to baseline / token"),
     ("accuracy", "domain accuracy"),
     ("mean_length", "mean answer tokens"),

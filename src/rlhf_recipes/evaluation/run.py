@@ -20,7 +20,7 @@ from ..stages.validation import check_model
 from . import pairs as held_out
 from .config import EvaluationArguments
 from .loaded import LoadedModel, as_messages
-from .probes import common_phrase, correlation, mean_interval, paired_difference, refusal_share
+from .probes import common_phrase, correlation, gain_at_equal_length, mean_interval, paired_difference, refusal_share
 from .targets import check_targets, reward_label
 
 logger = logging.getLogger(__name__)
@@ -205,13 +205,14 @@ def evaluate_models(args: EvaluationArguments) -> dict:
         for name, answers in sampled.items():
             scores[name] = scorer.score(sample_prompts, [a.text for a in answers])
     judged = judge_answers(args, sample_prompts, sampled)
+    lengths = {name: [len(a.answer_ids) for a in answers] for name, answers in sampled.items()}
     for name, answers in sampled.items():
         results += sample_results(name, answers, scores.get(name), judged.get(name), args)
     for name, info in described.items():
         if info["baseline"] in sampled and name in sampled:
-            results += comparison_results(name, info["baseline"], scores, judged, args)
+            results += comparison_results(name, info["baseline"], scores, judged, lengths, args)
     for name, other in args.paired.items():
-        results += comparison_results(name, other, scores, judged, args)
+        results += comparison_results(name, other, scores, judged, lengths, args)
 
     side_by_side = [
         {"question": q, "reference": ref[0], **{name: greedy[name][i] for name in greedy}}
@@ -340,8 +341,9 @@ def sample_results(name: str, answers, rewards, judged, args) -> list[dict]:
     return out
 
 
-def comparison_results(name: str, baseline: str, scores, judged, args) -> list[dict]:
-    """Paired differences against the baseline (same prompts, same sampling seeds), with 95% intervals."""
+def comparison_results(name: str, baseline: str, scores, judged, lengths, args) -> list[dict]:
+    """Paired differences against the baseline (same prompts, same sampling seeds), with 95% intervals; the judge's
+    gain also at equal length (`probes.gain_at_equal_length`), so that a gain bought by shortening shows."""
     out = []
     task = f"vs-{baseline}"
     if name in scores and baseline in scores:
@@ -381,4 +383,13 @@ def comparison_results(name: str, baseline: str, scores, judged, args) -> list[d
                     diff["n"],
                 )
             )
+            rows = [i for i, _, _ in pairs]
+            equal = gain_at_equal_length(
+                treated, baseline_scores, [lengths[name][i] for i in rows], [lengths[baseline][i] for i in rows],
+                args.bootstrap_samples, args.seed, groups,
+            )  # fmt: skip
+            out.append(
+                _result(name, task, args.prompt_dataset, "judge_gain_equal_length", equal["difference"], equal["low"],
+                        equal["high"], equal["n"]) | {"judge_points_per_token": equal["slope"]}
+            )  # fmt: skip
     return out
