@@ -6,12 +6,13 @@ minute, not the first hour.
   lines after steps 2 and 4, then every 10% or at least every minute (the first step, with its warm-up, is not
   used for the rate).
 - `PipelineClock` forecasts each stage before it starts (its `expected_seconds` from pipeline.yaml, scaled by how fast
-  this machine multiplies matrices in the precision it will use against the machine those were measured on). While a
+  this machine multiplies float32 matrices against the machine those were measured on, or bf16 ones where bf16 is
+  emulated). While a
   stage runs, the time left is its own measured time left plus the later stages' scaled expected times: one stage's
   pace says little about the next (the data stage is I/O, PPO generates), so a running stage never rescales them.
-  A large matmul's rate overstates what a 135M model's small products gain from AMX (measured: a 1024 x 1024 bf16
-  product 8.4x an AVX2 machine's float32, the demo's stages 2.1x), so once stages of a minute or more have finished,
-  the later forecasts are also scaled by how long those finished stages took against their own forecasts.
+  A matmul's rate is a rough guide to a 135M model's stages (float32: 309 against 163 GFLOP/s, the demo 1.2x
+  faster, not 1.9x), so once stages of a minute or more have finished, the later forecasts are also scaled by how
+  long those finished stages took against their own forecasts.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class PipelineClock:
         self.machine_factor = self._machine_factor()
 
     def _machine_factor(self) -> float | None:
-        """Reference float32 GFLOP/s / this machine's GFLOP/s in the precision the stages will compute in."""
+        """Reference float32 GFLOP/s / this machine's (its bf16 GFLOP/s where bf16 is forced and emulated)."""
         if not self.config.expected_at_gflops or not any(run.expected_seconds for run in self.remaining):
             return None  # nothing to scale: no forecast rather than "about 0 s"
         import torch
@@ -75,16 +76,19 @@ class PipelineClock:
         from . import precision
 
         chosen = precision.resolve({"auto": "auto", "bf16": True, "float32": False}[self.config.precision], True)
-        # the rate of a real matmul in the precision the stages compute in; a small one only where bf16 is
-        # emulated (slow enough that the size matters little), as a 128 x 128 product mostly measures overhead
-        size = 1024 if chosen.dtype == "float32" or chosen.native_bf16 else 128
-        rate = precision.matmul_rate(chosen.dtype, size=size, seconds=0.5)
+        # Machines are compared as the reference was measured: float32 against float32. Native bf16 is not scaled
+        # by its matmul rate: a 1024 x 1024 bf16 product ran 5.5x float32's on AMX while the demo's stages ran
+        # 1.2x to 2x (bench/README.md; the matmuls are a third of a bf16 step), and scaling by it forecast the demo
+        # at 3.8 min for a 13 min run. Emulated bf16 (forced on a CPU without it) is that slow in every product:
+        # its own rate, on a small matrix (slow enough that the size matters little).
+        dtype, size = ("float32", 1024) if chosen.dtype == "float32" or chosen.native_bf16 else ("bfloat16", 128)
+        rate = precision.matmul_rate(dtype, size=size, seconds=0.5)
         factor = self.config.expected_at_gflops / max(rate, 1e-9)
         total = sum(run.expected_seconds or 0 for run in self.remaining) * factor
         print(
-            f"━━ this machine: {chosen.dtype} matmul {rate:,.1f} GFLOP/s against {self.config.expected_at_gflops:g} "
-            f"where the stage times were measured ({chosen.reason}); the pipeline should take about "
-            f"{_minutes(total)}",
+            f"━━ this machine: {dtype} matmul {rate:,.1f} GFLOP/s against {self.config.expected_at_gflops:g} "
+            f"where the stage times were measured; computing in {chosen.dtype} ({chosen.reason}); the pipeline "
+            f"should take about {_minutes(total)}",
             flush=True,
         )
         return factor
