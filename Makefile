@@ -1,5 +1,5 @@
 # make setup: a virtual environment with the pinned stack and the embedded model (re-run when requirements change)
-# make demo:  the whole pipeline on the embedded SmolLM2-135M-Instruct (19.3 min measured on 2 AVX2 cores, float32)
+# make demo:  the whole pipeline on the embedded SmolLM2-135M-Instruct (13-19 min measured on 2 cores)
 # make compare-rl: after make demo, GRPO, RLOO, online DPO and DPO beside PPO from the same SFT and reward model,
 #                 compared in one table (outputs/smollm2-135m/compare-rl/report.md)
 # make rounds: after make demo, two feedback rounds: 4 answers per new prompt sampled from the last policy, ranked by
