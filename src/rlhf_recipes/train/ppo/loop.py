@@ -43,6 +43,7 @@ from transformers.trainer_utils import TrainOutput
 from ...errors import UserError
 from ...scoring import RewardScorer
 from ..unpad import forward_rows, rollout_inputs
+from .. import heap
 from . import checkpoints, losses
 from .prompts import prompt_loader
 from .rollout import Rollout, collect, sampling_config, token_logprobs
@@ -273,6 +274,7 @@ class PPOTrainer(Trainer):
                     self.accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad()
+                heap.trim()  # the backward's freed activations: their pages back to the system (heap.py)
         return rollout, {key: torch.stack(values) for key, values in stats.items()}
 
     def _pieces(self, rows) -> list:
@@ -301,6 +303,7 @@ class PPOTrainer(Trainer):
                                logits_to_keep=keep)  # fmt: skip
         logits = output.logits[:, context - 1 : -1]
         logprobs = token_logprobs(logits, rollout.responses[rows], args.temperature)
+        heap.trim()  # the pass's freed temporaries (its graph's saved tensors stay)
         return {
             "logits": logits,
             "logprobs": torch.masked_fill(logprobs, ~rollout.mask[rows], losses.INVALID_LOGPROB),

@@ -18,6 +18,7 @@ import torch
 from transformers import GenerationConfig
 from trl.trainer.utils import pad, selective_log_softmax
 
+from .. import heap
 from ..unpad import forward_rows, rollout_inputs
 from .losses import INVALID_LOGPROB
 from .merged import lora_folded
@@ -169,6 +170,7 @@ def collect(trainer, queries: torch.Tensor, prompts: list, values: bool = True) 
         else:  # bf16, from the update's first pass
             logprobs = torch.zeros(responses.shape, device=responses.device)
     del logits
+    heap.trim()  # the sampler's caches and logits, freed: their pages back to the system (heap.py)
     with trainer.reference() as reference:
         ref_logprobs = token_logprobs(
             answer_logits(reference, query_responses, pad_id, context), responses, args.temperature
@@ -185,6 +187,7 @@ def collect(trainer, queries: torch.Tensor, prompts: list, values: bool = True) 
         trainer.scorer, tokenizer, prompts, finished, args.missing_eos_penalty
     )
 
+    heap.trim()
     last = first_true(finished == pad_id) - 1
     positions = torch.arange(responses.shape[1], device=responses.device)
     after_end = positions > last.unsqueeze(1)
