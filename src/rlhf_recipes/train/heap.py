@@ -4,8 +4,8 @@ PyTorch's CPU tensors come from glibc's malloc. Past a first freed large block g
 32 MiB), so the many 1-16 MiB activations of a forward and backward pass are carved from the heap, and what they
 leave when freed stays resident as fragmented heap that the next phase, with other shapes, cannot fully reuse. In
 float32 on the PPO bench's prompts that retention was most of the process's peak RSS; `malloc_trim(0)` after each
-phase releases the heap's free pages (inside it too, through `madvise`, not only at its top) and cost no measurable
-time (bench/README.md, "PPO and the heap").
+phase releases the heap's free pages (inside it too, through `madvise`, not only at its top). Its cost in time is
+within the runs' spread, perhaps 3-4% from pages faulting in again (bench/README.md, "PPO and the heap").
 """
 
 from __future__ import annotations

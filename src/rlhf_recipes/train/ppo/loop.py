@@ -42,8 +42,8 @@ from transformers.trainer_utils import TrainOutput
 
 from ...errors import UserError
 from ...scoring import RewardScorer
-from ..unpad import forward_rows, rollout_inputs
 from .. import heap
+from ..unpad import forward_rows, rollout_inputs
 from . import checkpoints, losses
 from .prompts import prompt_loader
 from .rollout import Rollout, collect, sampling_config, token_logprobs

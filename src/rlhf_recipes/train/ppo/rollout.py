@@ -187,7 +187,7 @@ def collect(trainer, queries: torch.Tensor, prompts: list, values: bool = True) 
         trainer.scorer, tokenizer, prompts, finished, args.missing_eos_penalty
     )
 
-    heap.trim()
+    heap.trim()  # the reference, value and scoring passes' temporaries
     last = first_true(finished == pad_id) - 1
     positions = torch.arange(responses.shape[1], device=responses.device)
     after_end = positions > last.unsqueeze(1)
