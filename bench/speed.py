@@ -172,14 +172,15 @@ def run_task(task: str, args, plan: dict, rates: roofline.Rates, work: Path) -> 
     return result
 
 
-def plans(args, made: dict, model: str, reward: str | None, machine: dict) -> dict:
-    """What each task runs: the arguments of each setup, which setup is capped or the same run as another, counts."""
+def plans(args, made: dict, model: str, reward: str | None, machine: dict, tasks=TASKS) -> dict:
+    """What each of `tasks` runs: the arguments of each setup, which setup is capped or the same run as another,
+    counts. Only the tasks run are planned: `--ours` holds one stage's keys, which another stage would refuse."""
     chosen_bf16 = machine["chosen"]["bf16"]
     # TRL's default bf16 is emulated on a CPU without native bf16: cap it; where bf16 is native it is the fair run
     capped = set() if machine["native_bf16"] else {"trl-defaults"}
     same_as = {"trl": "trl-defaults"} if chosen_bf16 else {}
     out = {}
-    for task in ("sft", "reward"):
+    for task in [task for task in ("sft", "reward") if task in tasks]:
         rows, data, lengths = sft_rows(made["sft_lengths"]), made[f"{task}_data"], made[f"{task}_lengths"]
         config = Path(args.reward_config) if task == "reward" else CONFIGS / "sft.yaml"
 
@@ -272,7 +273,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"bench: data, outputs and logs in {work}", flush=True)
     machine = harness.machine()
     rates = roofline.Rates("cpu")
-    task_plans = plans(args, made, model, reward, machine)
+    task_plans = plans(args, made, model, reward, machine, tasks)
     results = {"machine": machine, "data": data_summary(args, made)}
     for task in tasks:
         results[task] = run_task(task, args, task_plans[task], rates, work)

@@ -124,6 +124,49 @@ def test_each_setup_is_held_against_the_roofline_of_the_precision_it_ran_in():
     assert roofline.fraction(100, 1e9, 200) == pytest.approx(0.5)
 
 
+def test_a_forward_pass_counts_what_a_training_pass_counts_for_its_forward(tiny_model_path):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_model_path)
+    lengths = [30, 177, 512]
+    frozen = roofline.training_flops(config, lengths, [0, 0, 0], 16, False, trained_layers=0)  # no backward at all
+    assert roofline.forward_flops(config, lengths) == pytest.approx(frozen)
+    assert roofline.training_flops(config, lengths, [0, 0, 0], 16, False) > 2 * frozen  # a backward over every layer
+
+
+def test_a_layers_products_are_measured_at_its_own_shapes_and_weighted_by_their_flops(tiny_model_path):
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(tiny_model_path)
+    seen = []
+
+    def rate(shape):
+        seen.append(shape)
+        return 200.0 if shape[2] == c.hidden_size else 50.0
+
+    rates = roofline.layer_gemm_rate(c, 100, rate)
+    hidden, inter = c.hidden_size, c.intermediate_size
+    assert (100, hidden, inter) in seen and (100, inter, hidden) in seen and len(seen) == len(set(seen))  # each once
+    kv = c.num_key_value_heads * c.hidden_size // c.num_attention_heads
+    to_hidden = 2 * hidden * hidden + inter * hidden  # q, o and down (width `hidden` out): 200 GFLOP/s
+    other = 2 * hidden * kv + 2 * hidden * inter  # k, v, gate, up: 50
+    assert rates["layer"] == pytest.approx((to_hidden + other) / (to_hidden / 200 + other / 50))
+
+
+def test_ours_overrides_are_parsed_only_by_the_tasks_run(tmp_path, tiny_model_path):
+    """`--ours --length_buckets 8` is a reward key: the SFT stage would refuse it, so a reward-only run plans no SFT."""
+    args = SimpleNamespace(ours=["--length_buckets", "8"], reward_config=str(speed.CONFIGS / "reward.yaml"),
+                           ppo_episodes=8, capped_steps=1)  # fmt: skip
+    made = {"reward_data": "pairs", "reward_lengths": [40, 60], "sft_data": "conversations", "sft_lengths": [50]}
+    made |= {"sft_loss_tokens": [10]}
+    made |= {"ppo_data": "prompts"}
+    machine = {"chosen": {"bf16": False}, "native_bf16": True}
+    planned = speed.plans(args, made, str(tiny_model_path), None, machine, ("reward",))
+    assert "sft" not in planned and planned["reward"]["flops_per_token"]["ours"] > 0
+    with pytest.raises(Exception, match="length_buckets"):
+        speed.plans(args, made, str(tiny_model_path), None, machine, ("sft", "reward"))
+
+
 def test_the_speed_table_names_the_machine_the_dtypes_and_each_roofline():
     entry = {"speed": harness.summarise([5.0]), "runs": 1, "peak_rss_mib": harness.summarise([900.0])}
     entry |= {"optimizer_steps": 1, "examples_per_step": 8.0, "roofline_speed": 3.0}

@@ -89,18 +89,22 @@ def resolve(bf16="auto", use_cpu: bool = False) -> Precision:
     return Precision(requested == "true", requested, device, capability, native, reason)
 
 
-def matmul_rate(dtype: str = "float32", size: int = 512, seconds: float = 0.25) -> float:
-    """GFLOP/s of a `size` x `size` matmul in `dtype` on this CPU, measured for about `seconds`."""
+def matmul_rate(
+    dtype: str = "float32", size: int = 512, seconds: float = 0.25, shape: tuple[int, int, int] | None = None
+) -> float:
+    """GFLOP/s of a `size` x `size` matmul in `dtype` on this CPU, measured for about `seconds`; with `shape`
+    (m, k, n), of an [m, k] x [k, n] one instead."""
     import torch
 
-    a = torch.randn(size, size, dtype=getattr(torch, dtype))
-    b = torch.randn(size, size, dtype=getattr(torch, dtype))
+    m, k, n = shape or (size, size, size)
+    a = torch.randn(m, k, dtype=getattr(torch, dtype))
+    b = torch.randn(k, n, dtype=getattr(torch, dtype))
     torch.mm(a, b)  # warm-up
     count, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds or count < 2:
         torch.mm(a, b)
         count += 1
-    return 2 * size**3 * count / (time.perf_counter() - started) / 1e9
+    return 2 * m * k * n * count / (time.perf_counter() - started) / 1e9
 
 
 def log_choice(precision: Precision, what: str = "compute") -> None:
