@@ -260,10 +260,13 @@ def write_json(path: Path, data) -> None:
 
 
 def main(function) -> None:
-    """A bench's entry point: a failed run is its message and exit code 1, without a traceback of the parent."""
+    """A bench's entry point: a failed run, or an input the project refuses (a model path that does not exist), is its
+    message and exit code 1, without a traceback of the parent."""
+    from rlhf_recipes.errors import UserError
+
     try:
         function()
-    except BenchError as error:
+    except (BenchError, UserError) as error:
         print(f"bench: {error}", file=sys.stderr)
         sys.exit(1)
 

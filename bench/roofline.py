@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import collections
 import statistics
 import time
 
@@ -117,9 +118,7 @@ def layer_gemm_rate(config, tokens: int, rate) -> dict:
     """GFLOP/s of a decoder layer's own matrix products over `tokens` rows: each distinct shape's, from
     `rate((m, k, n))`, and all of them together, weighted by their FLOPs (total FLOPs over total time)."""
     shapes, _ = layer_shapes(_config(config))
-    counts: dict[tuple[int, int, int], int] = {}
-    for i, o in shapes:
-        counts[(tokens, i, o)] = counts.get((tokens, i, o), 0) + 1
+    counts = collections.Counter((tokens, i, o) for i, o in shapes)
     rates = {shape: rate(shape) for shape in counts}
     flops = {shape: 2 * shape[0] * shape[1] * shape[2] * n for shape, n in counts.items()}
     together = sum(flops.values()) / sum(flops[shape] / rates[shape] for shape in counts)
@@ -214,4 +213,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from bench import harness
+
+    harness.main(main)

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from bench import gpu_check, harness, memory, roofline, speed, synthetic
+from rlhf_recipes.errors import UserError
 
 # --- harness ---------------------------------------------------------------------------------------------------------
 
@@ -158,13 +159,23 @@ def test_ours_overrides_are_parsed_only_by_the_tasks_run(tmp_path, tiny_model_pa
     args = SimpleNamespace(ours=["--length_buckets", "8"], reward_config=str(speed.CONFIGS / "reward.yaml"),
                            ppo_episodes=8, capped_steps=1)  # fmt: skip
     made = {"reward_data": "pairs", "reward_lengths": [40, 60], "sft_data": "conversations", "sft_lengths": [50]}
-    made |= {"sft_loss_tokens": [10]}
-    made |= {"ppo_data": "prompts"}
+    made |= {"sft_loss_tokens": [10], "ppo_data": "prompts"}
     machine = {"chosen": {"bf16": False}, "native_bf16": True}
     planned = speed.plans(args, made, str(tiny_model_path), None, machine, ("reward",))
     assert "sft" not in planned and planned["reward"]["flops_per_token"]["ours"] > 0
-    with pytest.raises(Exception, match="length_buckets"):
+    with pytest.raises(UserError, match="unknown key 'length_buckets'"):
         speed.plans(args, made, str(tiny_model_path), None, machine, ("sft", "reward"))
+
+
+def test_a_bench_given_a_model_path_that_does_not_exist_says_so_in_one_line(tmp_path, capsys):
+    missing = str(tmp_path / "no-such-model")
+    with pytest.raises(SystemExit) as exit_info:
+        harness.main(lambda: roofline.main(["--model", missing]))
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip() == (
+        f"bench: model_name_or_path={missing} does not exist and is no Hub id; pass a finished stage's output folder, "
+        "a model folder, a Hub id or embedded:SmolLM2-135M-Instruct."
+    )
 
 
 def test_the_speed_table_names_the_machine_the_dtypes_and_each_roofline():

@@ -287,6 +287,11 @@ def resolve_model_path(model_name_or_path: str, key: str = "model_name_or_path",
             )
         if offline.looks_like_hub_id(model_name_or_path):
             offline.check(model_name_or_path, "model", key, cached=cached_on_hub(model_name_or_path), where=where)
+        elif not folder.exists():
+            raise UserError(
+                f"{key}={model_name_or_path} does not exist and is no Hub id; pass a finished stage's output folder, "
+                f"a model folder, a Hub id or {DEFAULT_MODEL}."
+            )
         return model_name_or_path
     return str(merged_adapter_path(folder))
 
