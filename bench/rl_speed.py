@@ -153,4 +153,4 @@ def main(argv_: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    harness.main(main)
